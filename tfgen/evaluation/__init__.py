@@ -1,0 +1,2 @@
+"""Evaluation tasks (``[[evaluate]] task = ...``), registered by name."""
+from tfgen.evaluation import tasks  # noqa: F401

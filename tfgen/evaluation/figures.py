@@ -1,0 +1,82 @@
+"""Image grids and plots, written as PNG files and TensorBoard images (one implementation)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+
+def to_uint8(images: np.ndarray, pixel_range: tuple[float, float]) -> np.ndarray:
+    low, high = pixel_range
+    unit = (np.asarray(images, np.float32) - low) / (high - low)
+    return np.clip(np.round(unit * 255.0), 0, 255).astype(np.uint8)
+
+
+def image_grid(images: np.ndarray, ncols: int, pixel_range=(0.0, 1.0), pad: int = 2) -> np.ndarray:
+    """[N, H, W, C] -> one [rows*(H+pad)+pad, ncols*(W+pad)+pad, C] uint8 image (white padding)."""
+    images = to_uint8(images, pixel_range)
+    n, h, w, c = images.shape
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, np.uint8)
+    for i in range(n):
+        r, col = divmod(i, ncols)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[top:top + h, left:left + w] = images[i]
+    return grid
+
+
+def stacked_grid(batches: list[np.ndarray], ncols: int, pixel_range=(0.0, 1.0)) -> np.ndarray:
+    """Row blocks: for every ncols images, one row from each batch (e.g. original / reconstruction)."""
+    n = min(len(b) for b in batches)
+    rows = []
+    for start in range(0, n, ncols):
+        for b in batches:
+            chunk = np.asarray(b[start:start + ncols])
+            if len(chunk) < ncols:  # pad a short last block so rows line up
+                fill = np.full((ncols - len(chunk), *chunk.shape[1:]), pixel_range[1], chunk.dtype)
+                chunk = np.concatenate([chunk, fill])
+            rows.append(chunk)
+    return image_grid(np.concatenate(rows), ncols, pixel_range)
+
+
+def write_png(path: Path, grid: np.ndarray, scale: int = 2) -> Path:
+    """Write a uint8 image, upscaled by nearest neighbour so small digits stay visible."""
+    if scale > 1:
+        grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tf.io.write_file(str(path), tf.io.encode_png(grid))
+    return path
+
+
+def summary_image(tag: str, grid: np.ndarray, step: int) -> None:
+    tf.summary.image(tag, grid[None], step=step)
+
+
+def plot_curves(history: list[dict], keys: list[tuple[str, str]], path: Path, title: str,
+                ylabel: str) -> Path | None:
+    """Line plot of per-epoch values, one line per (history key, label)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = [(label, [(h["epoch"], h[key]) for h in history if key in h]) for key, label in keys]
+    lines = [(label, pts) for label, pts in lines if pts]
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, pts in lines:
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,2 @@
+"""Inference schemes, one module each; importing this package registers them."""
+from tfgen.inference import vae  # noqa: F401

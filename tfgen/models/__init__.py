@@ -1,0 +1,1 @@
+"""Model pieces: priors, networks (encoders/decoders) and likelihoods."""

@@ -1,0 +1,247 @@
+"""Likelihoods p(y | z): objects that turn a decoder's output into a TFP distribution.
+
+A decoder emits a tensor of shape ``[..., H, W, C * k]`` where ``k`` is
+:meth:`Likelihood.params_per_channel`; the likelihood reshapes it into the
+parameters of ``tfd.Independent(<per-pixel distribution>, 3)``, an event of
+shape ``[H, W, C]`` (the pixels are conditionally independent given z, seed
+001 task 2).  Losses and estimators only ever call ``log_prob`` on what
+:meth:`Likelihood.distribution` returns, so a new likelihood is one class.
+
+Images reach a likelihood in the data's pixel range ([0,1] or [-1,1]);
+:meth:`Likelihood.targets` maps them into the distribution's support (bin
+indices for the Categorical, a clipped open interval for the Beta).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfgen.config import field
+from tfgen.errors import ConfigError
+from tfgen.registry import LIKELIHOODS
+
+tfd = tfp.distributions
+
+
+class Likelihood(tf.Module):
+    """Base class.  Subclasses set ``params_per_channel`` and implement ``_pixel_distribution``."""
+
+    params_per_channel = 1
+
+    def __init__(self, config, image_shape: tuple[int, int, int], pixel_range: tuple[float, float]):
+        super().__init__(name=type(self).__name__)
+        self.config = config
+        self.image_shape = tuple(image_shape)
+        self.low, self.high = pixel_range
+
+    def output_channels(self) -> int:
+        """How many channels the decoder must emit: the decoder's head is derived from this."""
+        return self.image_shape[-1] * self.params_per_channel
+
+    def _split(self, decoder_output: tf.Tensor) -> list[tf.Tensor]:
+        """[..., H, W, C*k] -> k tensors of shape [..., H, W, C]."""
+        k = self.params_per_channel
+        c = self.image_shape[-1]
+        shape = tf.concat([tf.shape(decoder_output)[:-1], [c, k]], axis=0)
+        params = tf.reshape(decoder_output, shape)
+        return tf.unstack(params, num=k, axis=-1)
+
+    def distribution(self, decoder_output: tf.Tensor) -> tfd.Distribution:
+        return tfd.Independent(self._pixel_distribution(decoder_output), reinterpreted_batch_ndims=3)
+
+    def log_prob(self, decoder_output: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
+        """log p(y | z) summed over pixels: shape = decoder_output's batch shape."""
+        return self.distribution(decoder_output).log_prob(self.targets(images))
+
+    def targets(self, images: tf.Tensor) -> tf.Tensor:
+        return images
+
+    def mean(self, decoder_output: tf.Tensor) -> tf.Tensor:
+        """E[y | z], in the data's pixel range (for reconstructions and sample grids)."""
+        return self._pixel_distribution(decoder_output).mean()
+
+    def sample(self, decoder_output: tf.Tensor, seed=None) -> tf.Tensor:
+        return self._pixel_distribution(decoder_output).sample(seed=seed)
+
+    def _pixel_distribution(self, decoder_output):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _unit(self, images: tf.Tensor) -> tf.Tensor:
+        return (images - self.low) / (self.high - self.low)
+
+
+# --------------------------------------------------------------------------- Normal
+
+@dataclasses.dataclass
+class NormalConfig:
+    scale: Literal["fixed", "learned", "per_pixel"] = field(
+        "fixed", help="fixed: sigma as given; learned: one trainable sigma; "
+                      "per_pixel: the decoder outputs a sigma for every pixel")
+    sigma: float = field(0.3, gt=0.0, help="fixed sigma, or the initial value of a learned one "
+                                           "(seed 000 uses sigma^2 = 0.3^2)")
+    min_sigma: float = field(1e-3, min=0.0, help="floor of a per-pixel or learned sigma")
+    mean_activation: Literal["identity", "sigmoid", "tanh"] = field(
+        "identity", help="squashes the mean into the pixel range")
+
+
+@LIKELIHOODS.register("normal", config=NormalConfig)
+class NormalLikelihood(Likelihood):
+    """y_i | z ~ N(m_i(z), s_i^2), independent pixels (seed 001 task 1a, seed 000 eq. (1))."""
+
+    def __init__(self, config: NormalConfig, image_shape, pixel_range):
+        super().__init__(config, image_shape, pixel_range)
+        self.params_per_channel = 2 if config.scale == "per_pixel" else 1
+        if config.scale == "learned":
+            # unconstrained parameter: sigma = min_sigma + softplus(raw)
+            init = tf.math.log(tf.math.expm1(tf.constant(config.sigma - config.min_sigma
+                                                         if config.sigma > config.min_sigma
+                                                         else config.sigma, tf.float32)))
+            self.raw_sigma = tf.Variable(init, name="raw_sigma")
+
+    def _loc(self, raw):
+        act = self.config.mean_activation
+        if act == "sigmoid":
+            return self.low + (self.high - self.low) * tf.sigmoid(raw)
+        if act == "tanh":
+            return (self.low + self.high) / 2 + (self.high - self.low) / 2 * tf.tanh(raw)
+        return raw
+
+    def _pixel_distribution(self, decoder_output):
+        cfg = self.config
+        if cfg.scale == "per_pixel":
+            raw_loc, raw_scale = self._split(decoder_output)
+            return tfd.Normal(self._loc(raw_loc), cfg.min_sigma + tf.nn.softplus(raw_scale))
+        loc = self._loc(decoder_output)
+        if cfg.scale == "learned":
+            return tfd.Normal(loc, cfg.min_sigma + tf.nn.softplus(self.raw_sigma))
+        return tfd.Normal(loc, tf.constant(cfg.sigma, loc.dtype))
+
+
+# --------------------------------------------------------------------------- Beta
+
+@dataclasses.dataclass
+class BetaConfig:
+    epsilon: float = field(1e-3, gt=0.0, max=0.1,
+                           help="pixels are clipped to [eps, 1-eps]: the Beta density is "
+                                "infinite or zero at 0 and 1")
+    min_concentration: float = field(1e-3, min=0.0)
+
+    def check(self, cfg):
+        if cfg.data.binarize != "none":
+            raise ConfigError(cfg.source_file, "model.likelihood.name",
+                              "the Beta likelihood needs continuous pixels, but data.binarize is set",
+                              cfg.data.binarize, "data.binarize = 'none'")
+
+
+@LIKELIHOODS.register("beta", config=BetaConfig)
+class BetaLikelihood(Likelihood):
+    """y_i | z ~ Beta(a_i(z), b_i(z)) on pixels rescaled to (0, 1) (seed 001 task 2b)."""
+
+    params_per_channel = 2
+
+    def __init__(self, config: BetaConfig, image_shape, pixel_range):
+        super().__init__(config, image_shape, pixel_range)
+
+    def targets(self, images):
+        eps = self.config.epsilon
+        return tf.clip_by_value(self._unit(images), eps, 1.0 - eps)
+
+    def _pixel_distribution(self, decoder_output):
+        raw_a, raw_b = self._split(decoder_output)
+        floor = self.config.min_concentration
+        return tfd.Beta(floor + tf.nn.softplus(raw_a), floor + tf.nn.softplus(raw_b))
+
+    def mean(self, decoder_output):
+        return self.low + (self.high - self.low) * super().mean(decoder_output)
+
+    def sample(self, decoder_output, seed=None):
+        return self.low + (self.high - self.low) * super().sample(decoder_output, seed)
+
+
+# --------------------------------------------------------------------------- Categorical
+
+@dataclasses.dataclass
+class CategoricalConfig:
+    bins: int = field(4, min=2, max=256, help="k: pixel values are binned into k levels")
+
+    def check(self, cfg):
+        if cfg.data.bins == 0:
+            cfg.data.bins = self.bins  # the sensible default: bin the data as the likelihood does
+        elif cfg.data.bins != self.bins:
+            raise ConfigError(cfg.source_file, "data.bins",
+                              "must equal model.likelihood.bins for the Categorical likelihood",
+                              cfg.data.bins, f"{self.bins} (or 0 to derive it)")
+        if cfg.data.binarize != "none":
+            raise ConfigError(cfg.source_file, "data.binarize",
+                              "cannot be combined with the Categorical likelihood's bins",
+                              cfg.data.binarize, "'none'")
+
+
+@LIKELIHOODS.register("categorical", config=CategoricalConfig)
+class CategoricalLikelihood(Likelihood):
+    """y_i | z ~ Cat(pi_i(z)) over k pixel bins, pi = softmax(logits) (seed 001 task 2c)."""
+
+    def __init__(self, config: CategoricalConfig, image_shape, pixel_range):
+        super().__init__(config, image_shape, pixel_range)
+        self.bins = config.bins
+        self.params_per_channel = config.bins
+
+    def targets(self, images):
+        # data.bins quantized the images to k levels low + i (high-low)/(k-1); recover i.
+        index = tf.round(self._unit(images) * (self.bins - 1))
+        return tf.cast(tf.clip_by_value(index, 0, self.bins - 1), tf.int32)
+
+    def _logits(self, decoder_output):
+        c = self.image_shape[-1]
+        shape = tf.concat([tf.shape(decoder_output)[:-1], [c, self.bins]], axis=0)
+        return tf.reshape(decoder_output, shape)
+
+    def _pixel_distribution(self, decoder_output):
+        return tfd.Categorical(logits=self._logits(decoder_output))
+
+    def _levels(self, dtype):
+        return self.low + (self.high - self.low) * tf.linspace(tf.constant(0.0, dtype), 1.0, self.bins)
+
+    def mean(self, decoder_output):
+        probs = tf.nn.softmax(self._logits(decoder_output))
+        return tf.reduce_sum(probs * self._levels(probs.dtype), axis=-1)
+
+    def sample(self, decoder_output, seed=None):
+        index = super().sample(decoder_output, seed)
+        return tf.gather(self._levels(decoder_output.dtype), index)
+
+
+# --------------------------------------------------------------------------- Bernoulli
+
+@dataclasses.dataclass
+class BernoulliConfig:
+    def check(self, cfg):
+        if cfg.data.binarize == "none":
+            raise ConfigError(cfg.source_file, "data.binarize",
+                              "the Bernoulli likelihood is a density on binary images only",
+                              "none", "'static' or 'dynamic'")
+
+
+@LIKELIHOODS.register("bernoulli", config=BernoulliConfig)
+class BernoulliLikelihood(Likelihood):
+    """y_i | z ~ Bernoulli(sigmoid(logit_i(z))) on binary images (seed 001 task 2d)."""
+
+    def targets(self, images):
+        return tf.cast(self._unit(images) > 0.5, tf.int32)
+
+    def _pixel_distribution(self, decoder_output):
+        return tfd.Bernoulli(logits=decoder_output, dtype=tf.int32)
+
+    def mean(self, decoder_output):
+        return self.low + (self.high - self.low) * tf.sigmoid(decoder_output)
+
+    def sample(self, decoder_output, seed=None):
+        bits = tf.cast(super().sample(decoder_output, seed), decoder_output.dtype)
+        return self.low + (self.high - self.low) * bits
+
+
+def build_likelihood(component, image_shape, pixel_range) -> Likelihood:
+    return LIKELIHOODS.get(component.name).factory(component.params, image_shape, pixel_range)

@@ -1,0 +1,60 @@
+"""The generative model p_theta(z, y) = p(z) p_theta(y | z), assembled from config."""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfgen.config import Config
+from tfgen.errors import ConfigError
+from tfgen.models.likelihoods import Likelihood, build_likelihood
+from tfgen.models.networks import build_network
+from tfgen.models.priors import build_prior
+
+
+class GenerativeModel(tf.Module):
+    """Prior, decoder network and likelihood; ``log_joint`` is the quantity every scheme uses."""
+
+    def __init__(self, prior, decoder, likelihood: Likelihood, latent_dim: int):
+        super().__init__(name="generative_model")
+        self.prior, self.decoder, self.likelihood = prior, decoder, likelihood
+        self.latent_dim = latent_dim
+        self.decoder(tf.zeros([1, latent_dim]))  # build the variables now, under the caller's scope
+
+    @property
+    def theta(self) -> list[tf.Variable]:
+        """theta: the decoder's and the likelihood's trainable variables."""
+        return list(self.decoder.trainable_variables) + list(self.likelihood.trainable_variables)
+
+    def decode(self, z: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Decoder output for latents of shape [..., d] (leading dims are flattened and restored)."""
+        lead = tf.shape(z)[:-1]
+        out = self.decoder(tf.reshape(z, [-1, self.latent_dim]), training=training)
+        return tf.reshape(out, tf.concat([lead, tf.shape(out)[1:]], axis=0))
+
+    def log_likelihood(self, z: tf.Tensor, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """log p_theta(y | z); z: [..., B, d], images: [B, H, W, C] -> [..., B]."""
+        return self.likelihood.log_prob(self.decode(z, training), images)
+
+    def log_prior(self, z: tf.Tensor) -> tf.Tensor:
+        return self.prior.distribution(z.dtype).log_prob(z)
+
+    def log_joint(self, z: tf.Tensor, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """log p_theta(z, y) = log p(z) + log p_theta(y | z)  (seed 000, eq. (1))."""
+        return self.log_prior(z) + self.log_likelihood(z, images, training)
+
+
+def build_model(cfg: Config, image_shape, pixel_range) -> GenerativeModel:
+    prior = build_prior(cfg.model.prior)
+    likelihood = build_likelihood(cfg.model.likelihood, image_shape, pixel_range)
+    out_shape = (*image_shape[:2], likelihood.output_channels())
+    decoder = with_file(cfg, lambda: build_network(cfg.model.decoder, out_shape, "model.decoder"))
+    return GenerativeModel(prior, decoder, likelihood, prior.dim)
+
+
+def with_file(cfg: Config, build):
+    """Build-time config errors (e.g. a shape mismatch) get the config file's name."""
+    try:
+        return build()
+    except ConfigError as err:
+        if err.file is None:
+            raise err.in_file(cfg.source_file) from None
+        raise

@@ -1,0 +1,295 @@
+"""Encoder and decoder networks, built from their TOML sections.
+
+Every network is a ``tf_keras`` layer with a build/call split and a
+``get_config`` that round-trips.  A factory receives its typed config and the
+output shape it must produce: ``(units,)`` for an encoder (2 d for a Gaussian
+q(z|y)), ``(H, W, C * k)`` for a decoder, where ``k`` comes from the
+likelihood, so a decoder's head is derived, never hand-sized.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import tensorflow as tf
+import tf_keras as keras
+
+from tfgen.config import field
+from tfgen.errors import ConfigError
+from tfgen.registry import NETWORKS
+
+Activation = Literal["relu", "gelu", "elu", "leaky_relu", "tanh", "sigmoid", "swish", "softplus"]
+
+
+def _activation(name: str):
+    if name == "leaky_relu":
+        return tf.nn.leaky_relu
+    if name == "gelu":
+        return lambda x: tf.nn.gelu(x, approximate=False)
+    return keras.activations.get(name)
+
+
+class Network(keras.layers.Layer):
+    """Base: stores its constructor arguments so ``get_config`` round-trips."""
+
+    def __init__(self, output_shape, name=None, **kwargs):
+        super().__init__(name=name or type(self).__name__.lower(), **kwargs)
+        self.target_shape = tuple(int(d) for d in output_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["output_shape"] = list(self.target_shape)
+        return config
+
+
+# --------------------------------------------------------------------------- MLP
+
+@dataclasses.dataclass
+class MLPConfig:
+    hidden: list[int] = field(factory=lambda: [512, 256], help="hidden layer widths")
+    activation: Activation = field("relu")
+
+
+@keras.utils.register_keras_serializable("tfgen")
+class MLP(Network):
+    """Flatten -> Dense(h_1) -> ... -> Dense(prod(output_shape)) -> reshape."""
+
+    def __init__(self, output_shape, hidden=(512, 256), activation="relu", **kwargs):
+        super().__init__(output_shape, **kwargs)
+        self.hidden, self.activation_name = list(hidden), activation
+
+    def build(self, input_shape):
+        act = _activation(self.activation_name)
+        self.body = [keras.layers.Dense(h, activation=act) for h in self.hidden]
+        units = 1
+        for d in self.target_shape:
+            units *= d
+        self.head = keras.layers.Dense(units)
+        super().build(input_shape)
+
+    def call(self, inputs, training=False):
+        x = tf.reshape(inputs, [tf.shape(inputs)[0], -1])
+        for layer in self.body:
+            x = layer(x)
+        x = self.head(x)
+        return tf.reshape(x, [-1, *self.target_shape])
+
+    def get_config(self):
+        return {**super().get_config(), "hidden": self.hidden, "activation": self.activation_name}
+
+
+@NETWORKS.register("mlp", config=MLPConfig)
+def mlp(config: MLPConfig, output_shape, key: str):
+    """Fully connected network (encoder or decoder)."""
+    return MLP(output_shape, hidden=config.hidden, activation=config.activation)
+
+
+# --------------------------------------------------------------------------- conv encoder
+
+@dataclasses.dataclass
+class ConvEncoderConfig:
+    channels: list[int] = field(factory=lambda: [32, 64, 128], help="filters per conv layer")
+    kernels: list[int] = field(factory=lambda: [5, 5, 3], help="kernel size per conv layer")
+    activation: Activation = field("relu")
+    pooling: Literal["max", "average"] = field("max", help="2x2 pooling after every conv")
+
+    def check(self, cfg):
+        if len(self.channels) != len(self.kernels):
+            raise ConfigError(cfg.source_file, "inference.encoder.kernels",
+                              "needs one kernel size per entry of channels", self.kernels,
+                              f"a list of {len(self.channels)} integers")
+
+
+@keras.utils.register_keras_serializable("tfgen")
+class ConvEncoder(Network):
+    """[conv(k, 'same') -> act -> pool 2]* -> flatten -> dense (seed 001 task 1a: 32/64/128, 5/5/3)."""
+
+    def __init__(self, output_shape, channels=(32, 64, 128), kernels=(5, 5, 3),
+                 activation="relu", pooling="max", **kwargs):
+        super().__init__(output_shape, **kwargs)
+        self.channels, self.kernels = list(channels), list(kernels)
+        self.activation_name, self.pooling = activation, pooling
+
+    def build(self, input_shape):
+        act = _activation(self.activation_name)
+        pool = keras.layers.MaxPool2D if self.pooling == "max" else keras.layers.AveragePooling2D
+        self.body = []
+        for c, k in zip(self.channels, self.kernels):
+            self.body += [keras.layers.Conv2D(c, k, padding="same", activation=act), pool(2)]
+        self.head = keras.layers.Dense(self.target_shape[-1])
+        super().build(input_shape)
+
+    def call(self, inputs, training=False):
+        x = inputs
+        for layer in self.body:
+            x = layer(x)
+        return self.head(tf.reshape(x, [tf.shape(x)[0], -1]))
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "kernels": self.kernels,
+                "activation": self.activation_name, "pooling": self.pooling}
+
+
+@NETWORKS.register("conv_encoder", config=ConvEncoderConfig)
+def conv_encoder(config: ConvEncoderConfig, output_shape, key: str):
+    """Convolutional encoder of seed 001 (conv 32/64/128, ReLU, pooling)."""
+    if len(output_shape) != 1:
+        raise ConfigError(None, key, "conv_encoder produces a vector; use it as an encoder",
+                          "conv_encoder", "conv_decoder, mlp")
+    return ConvEncoder(output_shape, config.channels, config.kernels, config.activation,
+                       config.pooling)
+
+
+# --------------------------------------------------------------------------- conv decoder (seed 001)
+
+@dataclasses.dataclass
+class ConvDecoderConfig:
+    channels: list[int] = field(factory=lambda: [128, 64, 32],
+                                help="filters of the transposed convs; one more transposed conv "
+                                     "emits the image channels")
+    kernel: int = field(5, min=3, max=15)
+    activation: Activation = field("relu")
+    batch_norm: bool = field(True)
+    head_channels: int = field(1, min=1, max=64, help="maps of the last transposed conv, which the "
+                                                      "dense head reads (seed 001: the image channels)")
+
+
+@keras.utils.register_keras_serializable("tfgen")
+class ConvDecoder(Network):
+    """Seed 001's decoder: z as a 1x1 map -> [convT(c_i, k, stride 2, padding 1) -> BN -> act]*
+    -> convT(C) -> flatten -> one dense layer emitting every pixel's likelihood parameters.
+
+    With k = 5 the side grows 1 -> 3 -> 7 -> 15 -> 31 (PyTorch ConvTranspose2d(k, 2, padding=1):
+    out = 2 in - 2 + k - 2); the dense head maps the 31 x 31 map to any H x W x C*k, as the
+    assignment's two linear layers (31*31 -> 28*28) do for the mean and the log-variance.
+    """
+
+    def __init__(self, output_shape, channels=(128, 64, 32), kernel=5, activation="relu",
+                 batch_norm=True, head_channels=1, **kwargs):
+        super().__init__(output_shape, **kwargs)
+        self.channels, self.kernel = list(channels), int(kernel)
+        self.activation_name, self.batch_norm = activation, bool(batch_norm)
+        self.head_channels = int(head_channels)
+
+    def build(self, input_shape):
+        self.act = _activation(self.activation_name)
+        self.ups, self.norms = [], []
+        for c in self.channels:
+            self.ups.append(keras.layers.Conv2DTranspose(c, self.kernel, strides=2, padding="valid"))
+            self.norms.append(keras.layers.BatchNormalization() if self.batch_norm else None)
+        self.last_up = keras.layers.Conv2DTranspose(self.head_channels, self.kernel, strides=2, padding="valid")
+        h, w, c = self.target_shape
+        self.head = keras.layers.Dense(h * w * c)
+        super().build(input_shape)
+
+    def _up(self, layer, x):
+        # 'valid' transposed conv then crop one pixel per side == PyTorch padding=1
+        return layer(x)[:, 1:-1, 1:-1, :]
+
+    def call(self, z, training=False):
+        x = tf.reshape(z, [-1, 1, 1, z.shape[-1]])
+        for up, norm in zip(self.ups, self.norms):
+            x = self._up(up, x)
+            if norm is not None:
+                x = norm(x, training=training)
+            x = self.act(x)
+        x = self._up(self.last_up, x)
+        x = self.head(tf.reshape(x, [tf.shape(x)[0], -1]))
+        return tf.reshape(x, [-1, *self.target_shape])
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "kernel": self.kernel,
+                "activation": self.activation_name, "batch_norm": self.batch_norm,
+                "head_channels": self.head_channels}
+
+
+@NETWORKS.register("conv_decoder", config=ConvDecoderConfig)
+def conv_decoder(config: ConvDecoderConfig, output_shape, key: str):
+    """Transposed-conv decoder of seed 001 (128/64/32, kernel 5, stride 2, BN, ReLU, dense head)."""
+    if len(output_shape) != 3:
+        raise ConfigError(None, key, "conv_decoder produces images; use it as a decoder",
+                          "conv_decoder", "conv_encoder, mlp")
+    return ConvDecoder(output_shape, config.channels, config.kernel, config.activation,
+                       config.batch_norm, config.head_channels)
+
+
+# --------------------------------------------------------------------------- projection decoder
+
+@dataclasses.dataclass
+class UpconvDecoderConfig:
+    channels: list[int] = field(factory=lambda: [128, 64, 32],
+                                help="filters; the first is the projected feature map, every "
+                                     "further one doubles the resolution (transposed conv, stride 2)")
+    kernel: int = field(5, min=1, max=15)
+    activation: Activation = field("relu")
+    batch_norm: bool = field(True)
+    head_kernel: int = field(3, min=1, max=15, help="kernel of the final conv that emits the "
+                                                    "likelihood's parameters")
+
+
+@keras.utils.register_keras_serializable("tfgen")
+class UpconvDecoder(Network):
+    """dense -> (s, s, c_0) -> [convT(c_i, stride 2, 'same') -> BN -> act]* -> conv head (DCGAN style)."""
+
+    def __init__(self, output_shape, channels=(128, 64, 32), kernel=5, activation="relu",
+                 batch_norm=True, head_kernel=3, **kwargs):
+        super().__init__(output_shape, **kwargs)
+        self.channels, self.kernel = list(channels), int(kernel)
+        self.activation_name, self.batch_norm, self.head_kernel = activation, bool(batch_norm), int(head_kernel)
+        factor = 2 ** (len(self.channels) - 1)
+        h, w, _ = self.target_shape
+        self.base = (h // factor, w // factor)
+
+    def build(self, input_shape):
+        act = _activation(self.activation_name)
+        self.project = keras.layers.Dense(self.base[0] * self.base[1] * self.channels[0])
+        self.project_norm = keras.layers.BatchNormalization() if self.batch_norm else None
+        self.act = act
+        self.ups, self.norms = [], []
+        for c in self.channels[1:]:
+            self.ups.append(keras.layers.Conv2DTranspose(c, self.kernel, strides=2, padding="same"))
+            self.norms.append(keras.layers.BatchNormalization() if self.batch_norm else None)
+        self.head = keras.layers.Conv2D(self.target_shape[-1], self.head_kernel, padding="same")
+        super().build(input_shape)
+
+    def call(self, z, training=False):
+        x = self.project(z)
+        if self.project_norm is not None:
+            x = self.project_norm(x, training=training)
+        x = tf.reshape(self.act(x), [-1, self.base[0], self.base[1], self.channels[0]])
+        for up, norm in zip(self.ups, self.norms):
+            x = up(x)
+            if norm is not None:
+                x = norm(x, training=training)
+            x = self.act(x)
+        return self.head(x)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "kernel": self.kernel,
+                "activation": self.activation_name, "batch_norm": self.batch_norm,
+                "head_kernel": self.head_kernel}
+
+
+@NETWORKS.register("upconv_decoder", config=UpconvDecoderConfig)
+def upconv_decoder(config: UpconvDecoderConfig, output_shape, key: str):
+    """Dense projection to a small feature map, then stride-2 transposed convs (heavier, sharper)."""
+    if len(output_shape) != 3:
+        raise ConfigError(None, key, "upconv_decoder produces images; use it as a decoder",
+                          "upconv_decoder", "conv_encoder, mlp")
+    factor = 2 ** (len(config.channels) - 1)
+    h, w, _ = output_shape
+    if h % factor or w % factor:
+        raise ConfigError(None, f"{key}.channels",
+                          f"{len(config.channels) - 1} upsamplings need image sides divisible by "
+                          f"{factor}, but the images are {h}x{w}", config.channels,
+                          "fewer channels entries, or data.resize")
+    return UpconvDecoder(output_shape, config.channels, config.kernel, config.activation,
+                       config.batch_norm, config.head_kernel)
+
+
+def build_network(component, output_shape, key: str):
+    """Instantiate the registry entry named in ``component`` for ``output_shape``."""
+    try:
+        return NETWORKS.get(component.name).factory(component.params, tuple(output_shape), key)
+    except ConfigError as err:
+        raise err from None

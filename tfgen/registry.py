@@ -1,0 +1,80 @@
+"""Name -> component registries.
+
+Every pluggable piece (likelihood, network, prior, inference scheme,
+evaluation task) is a registry entry added with a decorator and looked up by
+the name written in the TOML file.  Each entry carries its own typed config
+dataclass, so the config layer can validate a section against the entry it
+names without knowing anything else about it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    factory: T
+    config_cls: type | None
+    summary: str
+
+
+class Registry(Generic[T]):
+    """A named collection of components of one kind."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, config: type | None = None) -> Callable[[T], T]:
+        """Decorator: ``@LIKELIHOODS.register("beta", config=BetaConfig)``."""
+
+        def decorator(factory: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} registered twice")
+            doc = (getattr(factory, "__doc__", None) or "").strip().splitlines()
+            self._entries[name] = Entry(name, factory, config, doc[0] if doc else "")
+            return factory
+
+        return decorator
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> Entry[T]:
+        return self._entries[name]
+
+    def suggestion(self, name: str) -> str | None:
+        close = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.5)
+        return close[0] if close else None
+
+    def entries(self) -> list[Entry[T]]:
+        return [self._entries[n] for n in self.names()]
+
+
+LIKELIHOODS: Registry[Any] = Registry("likelihood")
+NETWORKS: Registry[Any] = Registry("network")
+PRIORS: Registry[Any] = Registry("prior")
+SCHEMES: Registry[Any] = Registry("inference scheme")
+EVALUATIONS: Registry[Any] = Registry("evaluation task")
+
+ALL = {
+    "likelihoods": LIKELIHOODS,
+    "networks": NETWORKS,
+    "priors": PRIORS,
+    "schemes": SCHEMES,
+    "evaluations": EVALUATIONS,
+}
+
+
+def load_components() -> None:
+    """Import the modules whose decorators fill the registries."""
+    from tfgen import evaluation, inference  # noqa: F401
+    from tfgen.models import likelihoods, networks, priors  # noqa: F401
