@@ -9,6 +9,35 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TF's C++ start-up cha
 
 import typer
 
+_TF_NOISE = ("cudart_stub", "absl::InitializeLog", "cuInit", "cuda_platform", "cuda_executor",
+             "Unable to register cu", "computation placer", "TF-TRT", "oneDNN custom operations")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TF with its C++ start-up messages (no GPU here, etc.) filtered out of stderr.
+
+    TF 2.21 prints some of them before it reads TF_CPP_MIN_LOG_LEVEL; anything
+    else it prints is passed through.
+    """
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines():
+                if not any(noise in line for noise in _TF_NOISE):
+                    sys.stderr.write(line + "\n")
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="tfgen: declarative, TOML-driven training of deep latent-variable "
                        "generative models on TensorFlow.")
@@ -99,6 +128,8 @@ def list_(
 
 
 def main() -> None:  # console-script entry point
+    if len(sys.argv) > 1 and sys.argv[1] not in ("--help", "-h"):
+        _import_tensorflow_quietly()
     app()
 
 

@@ -169,11 +169,17 @@ class _Parser:
         values = {}
         for f in fields:
             key = _join(path, f.name)
+            meta = dict(f.metadata)
+            if meta.get("registry") and f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+                meta["default_name"] = default.name if isinstance(default, Component) else None
             if f.name in raw:
-                values[f.name] = self.value(hints[f.name], raw[f.name], key, f.metadata)
+                values[f.name] = self.value(hints[f.name], raw[f.name], key, meta)
             elif f.metadata.get("registry") and f.default_factory is not dataclasses.MISSING:
                 # a defaulted component still gets its own params' defaults
-                values[f.name] = self.value(hints[f.name], f.default_factory(), key, f.metadata)
+                values[f.name] = self.value(hints[f.name], f.default_factory(), key, meta)
+            elif dataclasses.is_dataclass(hints[f.name]):
+                values[f.name] = self.dataclass(hints[f.name], {}, key)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 self.error(key, "required key is missing")
         return cls(**values)
@@ -241,6 +247,8 @@ class _Parser:
             raw = {name_key: raw.name}
         if not isinstance(raw, dict):
             self.error(key, "expected a table", raw)
+        if name_key not in raw and meta.get("default_name"):
+            raw = {name_key: meta["default_name"], **raw}  # the section's default component
         if name_key not in raw:
             self.error(_join(key, name_key), "required key is missing",
                        allowed=", ".join(repr(n) for n in registry.names()))

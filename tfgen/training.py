@@ -20,7 +20,7 @@ import tf_keras as keras
 
 from tfgen.config import Config
 from tfgen.data import DataBundle, train_dataset
-from tfgen.errors import TfgenError, TrainingDiverged
+from tfgen.errors import ConfigError, TfgenError, TrainingDiverged
 from tfgen.evaluation.metrics import mean_elbo
 
 
@@ -100,7 +100,14 @@ class Trainer:
         latest = self.manager.latest_checkpoint
         if latest is None:
             return False
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        try:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        except (ValueError, AssertionError, tf.errors.OpError) as err:
+            first = str(err).strip().splitlines()[-1][:300]
+            raise ConfigError(str(self.run_dir), None,
+                              f"its checkpoint {latest} does not fit the config (was a model, "
+                              f"encoder or optimizer key changed with --set on resume?): {first}") from None
+        self.scheme.after_restore()
         if self.history_path.exists():
             done = int(self.step.numpy()) // self.steps_per_epoch
             self.history = [h for h in json.loads(self.history_path.read_text()) if h["epoch"] <= done]

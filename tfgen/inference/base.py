@@ -51,6 +51,10 @@ class Scheme(tf.Module):
         """q(z | y) as a ``tfd.MultivariateNormalDiag``, or None if the scheme has none."""
         return None
 
+    def after_restore(self) -> None:
+        """Re-apply hyper-parameters that a checkpoint also stores (optimizer learning rates),
+        so that ``--set`` on resume takes effect."""
+
     def learning_rate(self) -> float:
         return float(self.cfg.train.learning_rate)
 

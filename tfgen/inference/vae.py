@@ -43,6 +43,9 @@ class VAE(Scheme):
     def checkpoint_items(self):
         return {"encoder": self.encoder, "optimizer": self.optimizer}
 
+    def after_restore(self):
+        self.optimizer.learning_rate.assign(self.cfg.train.learning_rate)
+
     def posterior(self, images, training=False):
         return gaussian_posterior(*split_gaussian_params(self.encoder(images, training=training)))
 

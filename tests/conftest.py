@@ -1,0 +1,141 @@
+"""Shared fixtures: tiny data sets written in the formats a user would have, and a CLI runner."""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """IDX: magic 0 0 0x08 ndim, big-endian uint32 dims, raw uint8 data (gzip if *.gz)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wb") as fh:
+        fh.write(data)
+
+
+def blob_images(n: int, size: int = 28, channels: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Procedurally drawn images: a bright disc whose position depends on the label."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    yy, xx = np.mgrid[:size, :size]
+    images = np.zeros((n, size, size, channels), np.uint8)
+    for i, label in enumerate(labels):
+        cy = size * (0.3 + 0.4 * (label // 2)) + rng.normal(0, 1)
+        cx = size * (0.3 + 0.4 * (label % 2)) + rng.normal(0, 1)
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2) < (size * 0.18) ** 2
+        for c in range(channels):
+            images[i, ..., c] = disc * (255 if channels == 1 else 80 + 60 * ((label + c) % 3))
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def idx_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("idx")
+    for prefix, n, seed in [("train", 160, 0), ("t10k", 40, 1)]:
+        images, labels = blob_images(n, seed=seed)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images[..., 0])
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def tiny_config(idx_folder: Path, out_dir: Path, extra: str = "", epochs: int = 2) -> str:
+    return f"""
+[experiment]
+name = "tiny"
+seed = 3
+output_dir = "{out_dir}"
+
+[data]
+source = "idx"
+path = "{idx_folder}"
+train_split = "train[:128]"
+val_split = "train[128:]"
+test_split = "test"
+binarize = "dynamic"
+
+[model.prior]
+dim = 2
+
+[model.decoder]
+name = "mlp"
+hidden = [32]
+
+[model.likelihood]
+name = "bernoulli"
+
+[inference]
+scheme = "vae"
+
+[inference.encoder]
+name = "mlp"
+hidden = [32]
+
+[train]
+epochs = {epochs}
+batch_size = 32
+
+[logging]
+every_steps = 2
+images_every_steps = 4
+num_images = 8
+
+[[evaluate]]
+task = "elbo"
+
+[[evaluate]]
+task = "log_likelihood"
+samples = 8
+max_images = 16
+
+[[evaluate]]
+task = "reconstructions"
+num_images = 8
+
+[[evaluate]]
+task = "samples"
+num_images = 8
+
+[[evaluate]]
+task = "curves"
+{extra}
+"""
+
+
+def run_process(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The real console script, in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "tfgen", *args], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+class CliResult:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_cli(*args: str) -> CliResult:
+    """The real typer app, in this process (saves a TensorFlow import per call).
+
+    Any exception other than the app's own exit is re-raised: the CLI must
+    turn every user error into a message and an exit code.
+    """
+    from typer.testing import CliRunner
+
+    from tfgen.cli import app
+
+    result = CliRunner().invoke(app, list(args), catch_exceptions=True)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return CliResult(result.exit_code, result.stdout, result.stderr)
