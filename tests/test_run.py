@@ -173,3 +173,20 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path, idx_folder):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["train"]["steps"] == (step // 4 + 2) * 4
+
+
+def test_early_stopping_stops_and_keeps_the_best_epoch(tmp_path, idx_folder):
+    out = tmp_path / "runs"
+    config = tmp_path / "es.toml"
+    # with min_delta far above any change, only the first epoch counts as an improvement
+    config.write_text(tiny_config(idx_folder, out, epochs=10,
+                                  extra="").replace("[train]\n", "[train.early_stopping]\npatience = 2\n"
+                                                    "min_delta = 1e6\n\n[train]\n", 1))
+    result = run_cli("run", str(config), "--quiet")
+    assert result.returncode == 0, result.stderr
+    run_dir = only_run_dir(out)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    train = metrics["train"]
+    assert train["stopped_early"] is True
+    assert train["epochs_completed"] == 3 and train["best_epoch"] == 1
+    assert tf.train.latest_checkpoint(str(run_dir / "checkpoints" / "best")).endswith("ckpt-1")
