@@ -39,7 +39,7 @@ class Progress:
         self._last = 0.0
 
     def update(self, epoch: int, epochs: int, done: int, total: int, loss: float, rate: float,
-               final: bool = False) -> None:
+               step: int, final: bool = False) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
@@ -49,7 +49,7 @@ class Progress:
         width = 24
         filled = int(width * done / max(total, 1))
         bar = "#" * filled + "." * (width - filled)
-        line = (f"epoch {epoch + 1}/{epochs} [{bar}] {done}/{total} "
+        line = (f"epoch {epoch + 1}/{epochs} [{bar}] {done}/{total} step {step} "
                 f"loss {loss:.4g} {rate:,.0f} img/s")
         if self.tty:
             sys.stderr.write("\r" + line + ("\n" if final else ""))
@@ -169,7 +169,8 @@ class Trainer:
                     if step % cfg.logging.images_every_steps == 0:
                         self._log_images(step)
                     self.progress.update(epoch, epochs, done, self.steps_per_epoch, values["loss"],
-                                         rate or window_images / max(time.monotonic() - window_start, 1e-9))
+                                         rate or window_images / max(time.monotonic() - window_start, 1e-9),
+                                         step)
             except KeyboardInterrupt:
                 path = self.save(partial={"sums": sums, "count": count})
                 raise Interrupted(
@@ -182,7 +183,7 @@ class Trainer:
             self._log_epoch(record)
             improved = self._update_early_stopping(record, epoch)
             self.progress.update(epoch, epochs, done, self.steps_per_epoch,
-                                 record.get("train_loss", float("nan")), rate, final=True)
+                                 record.get("train_loss", float("nan")), rate, record["step"], final=True)
             self.progress.message("  " + "  ".join(f"{k} {v:.4g}" for k, v in record.items()
                                                    if k not in ("epoch", "step")))
             if improved:
