@@ -14,7 +14,7 @@ from tfgen.evaluation.tasks import EvalContext
 from tfgen.models.model import build_model
 from tfgen.registry import EVALUATIONS, SCHEMES
 from tfgen.rundir import CONFIG_NAME, create_run_dir, write_config, write_metrics, write_run_info
-from tfgen.training import Progress, Trainer
+from tfgen.training import Interrupted, Progress, Trainer
 
 
 def build(cfg: Config):
@@ -60,9 +60,17 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
             metrics["evaluation"] = evaluate(cfg, scheme, data, run_dir, trainer.history,
                                              int(trainer.step.numpy()))
         metrics["status"] = "completed"
+    except Interrupted as err:
+        metrics["status"] = f"interrupted: {err}"
+        raise
     except TfgenError as err:
         metrics["status"] = f"failed: {err}"
         raise
+    except KeyboardInterrupt:  # a Ctrl-C after training, during evaluation
+        metrics["status"] = "interrupted during evaluation"
+        raise Interrupted(f"interrupted during evaluation; the trained state is in "
+                          f"{run_dir / 'checkpoints'}; evaluate again with: tfgen run --resume "
+                          f"{run_dir}") from None
     except BaseException as err:
         metrics["status"] = f"failed: {type(err).__name__}"
         raise

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +30,30 @@ class Interrupted(TfgenError):
     """Ctrl-C during training; a checkpoint has been written."""
 
     exit_code = 130
+
+
+class InterruptFlag:
+    """Turns the first Ctrl-C into a request honoured at the next safe point (after a step or
+    an epoch's bookkeeping), so a checkpoint is never taken half-way; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 class Progress:
@@ -133,19 +159,19 @@ class Trainer:
         train_time = 0.0
         if start_step == 0:
             self._log_hparams()
-        for epoch in range(start_epoch, epochs):
-            if self.stopped_early or self._early_stop_due():
-                self.stopped_early = True
-                break
-            skip = int(self.step.numpy()) - epoch * self.steps_per_epoch
-            sums, count = self._load_partial(skip)
-            ds = train_dataset(self.data.train, cfg.train.batch_size, cfg.experiment.seed, epoch,
-                               cfg.data, skip_batches=skip, cached=self._dataset_cache)
-            ds = ds.take(self.steps_per_epoch - skip)
-            window_start, window_images = time.monotonic(), 0
-            rate = 0.0
-            done = skip
-            try:
+        with InterruptFlag() as interrupt:
+            for epoch in range(start_epoch, epochs):
+                if self.stopped_early or self._early_stop_due():
+                    self.stopped_early = True
+                    break
+                skip = int(self.step.numpy()) - epoch * self.steps_per_epoch
+                sums, count = self._load_partial(skip)
+                ds = train_dataset(self.data.train, cfg.train.batch_size, cfg.experiment.seed, epoch,
+                                   cfg.data, skip_batches=skip, cached=self._dataset_cache)
+                ds = ds.take(self.steps_per_epoch - skip)
+                window_start, window_images = time.monotonic(), 0
+                rate = 0.0
+                done = skip
                 for images, indices in ds:
                     t0 = time.monotonic()
                     out = self.scheme.train_step(images, indices)
@@ -171,28 +197,27 @@ class Trainer:
                     self.progress.update(epoch, epochs, done, self.steps_per_epoch, values["loss"],
                                          rate or window_images / max(time.monotonic() - window_start, 1e-9),
                                          step)
-            except KeyboardInterrupt:
-                path = self.save(partial={"sums": sums, "count": count})
-                raise Interrupted(
-                    f"interrupted at step {int(self.step.numpy())} (epoch {epoch + 1}); checkpoint "
-                    f"{path}; continue with: tfgen run --resume {self.run_dir}") from None
-            record = {"epoch": epoch + 1, "step": int(self.step.numpy())}
-            record.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
-            record.update(self.validate(epoch))
-            self.history.append(record)
-            self._log_epoch(record)
-            improved = self._update_early_stopping(record, epoch)
-            self.progress.update(epoch, epochs, done, self.steps_per_epoch,
-                                 record.get("train_loss", float("nan")), rate, record["step"], final=True)
-            self.progress.message("  " + "  ".join(f"{k} {v:.4g}" for k, v in record.items()
-                                                   if k not in ("epoch", "step")))
-            if improved:
-                self.best_manager.save(checkpoint_number=epoch + 1)
-            if (epoch + 1) % cfg.train.checkpoint_every_epochs == 0 or epoch + 1 == epochs:
-                self.save()
-        else:
-            if self._early_stop_due():
-                self.stopped_early = True
+                    if interrupt.requested and done < self.steps_per_epoch:
+                        self._interrupted(epoch, partial={"sums": sums, "count": count})
+                record = {"epoch": epoch + 1, "step": int(self.step.numpy())}
+                record.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
+                record.update(self.validate(epoch))
+                self.history.append(record)
+                self._log_epoch(record)
+                improved = self._update_early_stopping(record, epoch)
+                self.progress.update(epoch, epochs, done, self.steps_per_epoch,
+                                     record.get("train_loss", float("nan")), rate, record["step"], final=True)
+                self.progress.message("  " + "  ".join(f"{k} {v:.4g}" for k, v in record.items()
+                                                       if k not in ("epoch", "step")))
+                if improved:
+                    self.best_manager.save(checkpoint_number=epoch + 1)
+                if (epoch + 1) % cfg.train.checkpoint_every_epochs == 0 or epoch + 1 == epochs:
+                    self.save()
+                if interrupt.requested:
+                    self._interrupted(epoch)
+            else:
+                if self._early_stop_due():
+                    self.stopped_early = True
         if self.stopped_early:
             self.progress.message(
                 f"early stopping: no improvement of {self.monitor} for "
@@ -208,6 +233,12 @@ class Trainer:
                 "best_" + self.monitor: float(self.best_metric.numpy()) if math.isfinite(self.best_metric.numpy()) else None,
                 "wall_seconds_this_session": wall,
                 "images_per_second": images_seen / train_time if train_time else None}
+
+    def _interrupted(self, epoch: int, partial: dict | None = None):
+        path = self.save(partial=partial)
+        raise Interrupted(
+            f"interrupted at step {int(self.step.numpy())} (epoch {epoch + 1}); checkpoint "
+            f"{path}; continue with: tfgen run --resume {self.run_dir}")
 
     def restore_best(self) -> None:
         best = self.best_manager.latest_checkpoint
@@ -278,6 +309,8 @@ class Trainer:
         grid = sample_grid(self.scheme, SamplesConfig(num_images=n), self.cfg.experiment.seed,
                            self.data.pixel_range)
         tf.summary.image("images/samples", grid[None], step=step)
+        if hasattr(self.scheme, "log_summaries"):  # scheme-specific images and histograms
+            self.scheme.log_summaries(step)
 
     def _log_hparams(self) -> None:
         from tensorboard.plugins.hparams import api as hp
