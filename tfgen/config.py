@@ -341,9 +341,13 @@ def from_dict(raw: dict, file: str = "<config>") -> Config:
     cfg = _Parser(file).dataclass(Config, raw, "")
     cfg.source_file = file
     if "evaluate" not in raw:
-        cfg.evaluate = [_Parser(file).component({"task": t}, f"evaluate[{i}]",
+        # each scheme may name its own defaults (task names or tables), e.g. PGA has no q(z|y)
+        scheme_cls = ALL["schemes"].get(cfg.inference.name).factory
+        defaults = getattr(scheme_cls, "default_evaluations", DEFAULT_EVALUATIONS)
+        cfg.evaluate = [_Parser(file).component(dict(t) if isinstance(t, dict) else {"task": t},
+                                                f"evaluate[{i}]",
                                                 {"registry": "evaluations", "name_key": "task"})
-                        for i, t in enumerate(DEFAULT_EVALUATIONS)]
+                        for i, t in enumerate(defaults)]
     _cross_check(cfg)
     return cfg
 

@@ -93,37 +93,46 @@ def handwritten_step(jit, batch, likelihood):
     return lambda: step(images)
 
 
-def measure(fn, batch, steps, warmup=3, repeats=3):
-    for _ in range(warmup):
-        float(fn())
-    best = 0.0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            loss = fn()
-        float(loss)
-        best = max(best, steps * batch / (time.perf_counter() - t0))
-    return round(best, 1)
+def measure(fn, batch, steps):
+    """Images per second over ``steps`` consecutive steps."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = fn()
+    float(loss)
+    return steps * batch / (time.perf_counter() - t0)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--likelihood", default="bernoulli", choices=["bernoulli", "beta"])
     args = parser.parse_args()
     result = {"batch": args.batch, "likelihood": args.likelihood, "latent_dim": 16,
               "threads": {"intra": tf.config.threading.get_intra_op_parallelism_threads(),
                           "inter": tf.config.threading.get_inter_op_parallelism_threads()},
-              "cpu_count": os.cpu_count(), "images_per_second": {}}
-    for name, make in [("handwritten_graph", lambda: handwritten_step(False, args.batch, args.likelihood)),
-                       ("tfgen_graph", lambda: tfgen_step("graph", args.batch, args.likelihood)),
-                       ("handwritten_xla", lambda: handwritten_step(True, args.batch, args.likelihood)),
-                       ("tfgen_xla", lambda: tfgen_step("xla", args.batch, args.likelihood))]:
-        result["images_per_second"][name] = measure(make(), args.batch, args.steps)
+              "cpu_count": os.cpu_count(), "repeats": args.repeats,
+              "load_average_before": os.getloadavg()}
+    makers = {"handwritten_graph": lambda: handwritten_step(False, args.batch, args.likelihood),
+              "tfgen_graph": lambda: tfgen_step("graph", args.batch, args.likelihood),
+              "handwritten_xla": lambda: handwritten_step(True, args.batch, args.likelihood),
+              "tfgen_xla": lambda: tfgen_step("xla", args.batch, args.likelihood)}
+    steps = {name: make() for name, make in makers.items()}
+    for fn in steps.values():  # warm-up: tracing, compilation, first allocations
+        for _ in range(3):
+            float(fn())
+    # round-robin repeats, best of each: drift in the machine's speed (other processes, clock)
+    # hits all four alike instead of favouring whichever ran first
+    best = dict.fromkeys(steps, 0.0)
+    for _ in range(args.repeats):
+        for name, fn in steps.items():
+            best[name] = max(best[name], measure(fn, args.batch, args.steps))
+    result["images_per_second"] = {name: round(v, 1) for name, v in best.items()}
     ips = result["images_per_second"]
     result["tfgen_vs_handwritten_graph"] = round(ips["tfgen_graph"] / ips["handwritten_graph"], 3)
     result["tfgen_vs_handwritten_xla"] = round(ips["tfgen_xla"] / ips["handwritten_xla"], 3)
+    result["load_average_after"] = os.getloadavg()
     result["faster_mode"] = "graph" if ips["tfgen_graph"] >= ips["tfgen_xla"] else "xla"
     print(json.dumps(result, indent=1))
 

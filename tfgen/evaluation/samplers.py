@@ -1,15 +1,80 @@
-"""Latent samplers for generating images: where the z fed to the decoder come from."""
+"""Latent samplers for generating images: where the z fed to the decoder come from.
+
+``prior``: z ~ p(z).
+
+``particle_gaussian`` (seed 000, "Image synthesis"): z ~ N(mu, Sigma) fitted to a scheme's
+final particle cloud (X^{n,m})_{n <= N, m <= M},
+
+    mu = 1/(NM) sum_{n,m} X^{n,m},   Sigma = 1/(NM - 1) sum_{n,m} (X^{n,m} - mu)(X^{n,m} - mu)^T,
+
+because the decoder is trained where the particles are, which need not be where the prior
+puts its mass.  It needs a scheme with per-datapoint latents: one whose class sets
+``has_latent_cloud = True`` and whose ``latent_cloud()`` returns them as [M * N, d].
+"""
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
+import numpy as np
 import tensorflow as tf
+
+from tfgen.errors import ConfigError
+
+Sampler = Literal["prior", "particle_gaussian"]
+SAMPLERS = typing.get_args(Sampler)
+NEEDS_LATENT_CLOUD = ("particle_gaussian",)
+
+
+def check_sampler(cfg, sampler: str, key: str) -> None:
+    """Config-time check: a sampler that needs per-datapoint latents needs a scheme that has them."""
+    from tfgen.registry import SCHEMES
+
+    if sampler not in NEEDS_LATENT_CLOUD:
+        return
+    scheme_cls = SCHEMES.get(cfg.inference.name).factory
+    if not getattr(scheme_cls, "has_latent_cloud", False):
+        with_cloud = [e.name for e in SCHEMES.entries()
+                      if getattr(e.factory, "has_latent_cloud", False)]
+        raise ConfigError(cfg.source_file, key, f"sampler {sampler!r} fits a Gaussian to a "
+                          f"particle cloud, but scheme {cfg.inference.name!r} keeps no "
+                          f"per-datapoint latents", sampler,
+                          f"'prior' (or a scheme with a cloud: {', '.join(with_cloud) or 'none'})")
+
+
+def latent_cloud(scheme) -> tf.Tensor:
+    cloud = getattr(scheme, "latent_cloud", lambda: None)()
+    if cloud is None:  # config validation rules this out
+        raise ValueError(f"{type(scheme).__name__} has no latent cloud")
+    return cloud
+
+
+def particle_gaussian(cloud) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, Sigma) of an [n, d] cloud: the empirical mean and the 1/(n-1) covariance (float64)."""
+    x = np.asarray(cloud, np.float64)
+    mean = x.mean(axis=0)
+    centred = x - mean
+    covariance = centred.T @ centred / max(len(x) - 1, 1)
+    return mean, covariance
+
+
+def sample_particle_gaussian(cloud, num: int, seed: int) -> tf.Tensor:
+    """z = mu + L eps, L L^T = Sigma (a tiny diagonal jitter keeps a degenerate Sigma usable)."""
+    mean, covariance = particle_gaussian(cloud)
+    d = len(mean)
+    jitter = 1e-9 * max(float(np.trace(covariance)) / d, 1e-12)
+    chol = np.linalg.cholesky(covariance + jitter * np.eye(d))
+    eps = tf.random.stateless_normal([num, d], seed=tf.constant([seed, 0], tf.int32),
+                                     dtype=tf.float64)
+    z = mean + tf.linalg.matmul(eps, chol, transpose_b=True)
+    return tf.cast(z, tf.float32)
 
 
 def sample_latents(sampler: str, scheme, num: int, seed: int) -> tf.Tensor:
-    """``prior``: z ~ p(z)."""
+    """``num`` latents [num, d] from the named sampler, reproducibly from ``seed``."""
     if sampler == "prior":
         dist = scheme.model.prior.distribution()
         return dist.sample(num, seed=tf.constant([seed, 0], tf.int32))
+    if sampler == "particle_gaussian":
+        return sample_particle_gaussian(latent_cloud(scheme), num, seed)
     raise ValueError(f"unknown sampler {sampler!r}")  # config validation rules this out
-
-
-SAMPLERS = ("prior",)

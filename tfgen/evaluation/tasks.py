@@ -13,7 +13,7 @@ from tfgen.data import DataBundle, Split
 from tfgen.errors import ConfigError
 from tfgen.evaluation import figures
 from tfgen.evaluation.metrics import mean_elbo, mean_log_likelihood
-from tfgen.evaluation.samplers import sample_latents
+from tfgen.evaluation.samplers import Sampler, check_sampler, sample_latents
 from tfgen.registry import EVALUATIONS
 
 SplitName = Literal["train", "val", "test"]
@@ -48,8 +48,12 @@ def _needs_posterior(cfg: Config, task: str) -> None:
 
     scheme_cls = SCHEMES.get(cfg.inference.name).factory
     if not getattr(scheme_cls, "has_posterior", True):
+        with_posterior = [e.name for e in SCHEMES.entries()
+                          if getattr(e.factory, "has_posterior", True)]
         raise ConfigError(cfg.source_file, "evaluate", f"task {task!r} needs a scheme with "
-                          f"q(z | y)", cfg.inference.name, "vae")
+                          f"q(z | y)", cfg.inference.name,
+                          f"inference.scheme = {' or '.join(repr(n) for n in with_posterior)}, "
+                          f"or drop this [[evaluate]] entry")
 
 
 # --------------------------------------------------------------------------- ELBO
@@ -126,8 +130,12 @@ def reconstructions_task(params: ReconstructionsConfig, ctx: EvalContext) -> dic
 class SamplesConfig:
     num_images: int = field(64, min=1, max=1024)
     ncols: int = field(8, min=1, max=64)
-    sampler: Literal["prior"] = field("prior", help="where the latents come from")
+    sampler: Sampler = field("prior", help="where the latents come from: the prior, or a "
+                                           "Gaussian fitted to a particle cloud (PGA)")
     show: Literal["mean", "sample"] = field("mean", help="decoder mean E[y|z], or a draw y ~ p(y|z)")
+
+    def check(self, cfg):
+        check_sampler(cfg, self.sampler, "evaluate.sampler")
 
 
 def sample_grid(scheme, params: SamplesConfig, seed: int, pixel_range) -> np.ndarray:

@@ -1,0 +1,257 @@
+"""Particle gradient ascent (PGA): maximum marginal likelihood with a cloud of Langevin particles.
+
+Seed 000 (Kuntz, Lim & Johansen, "Particle algorithms for maximum likelihood training of
+latent variable models", neural latent variable model example).  The model is
+p_theta(x, y) = prod_m p(x^m) p_theta(y^m | x^m); PGA keeps N particles per training image,
+a cloud X = (X^{n,m}) of shape [M, N, d] held in a ``tf.Variable`` and initialised from the
+prior, and at every step k
+
+    (2)  theta_{k+1} = theta_k + h M / (N M_B) lambda Lambda_k
+                                 sum_n sum_{m in B_k} grad_theta log p_theta_k(X_k^{n,m}, y^m)
+    (3)  X_{k+1}^{n,m} = X_k^{n,m} + h grad_x log p_theta_k(X_k^{n,m}, y^m) + sqrt(2h) W_k^{n,m}
+
+for all m in [M], n in [N], with W ~ N(0, I), a random batch B_k of M_B = ``train.batch_size``
+images and Lambda_k the diagonal RMSprop preconditioner.  As in the published reference
+(ParEM ``parem/pga.py``), (2) is RMSprop with learning rate h M lambda and smoothing constant
+rho = 0.1 on the mean negative log joint -1/(N M_B) sum_n sum_{m in B} log p_theta(X^{n,m}, y^m);
+``train.optimizer`` and ``train.learning_rate`` are not used by this scheme.
+
+K, the number of steps, is ``train.epochs`` x steps per epoch, where an epoch is
+ceil(M / M_B) steps (or ``train.steps_per_epoch`` if that is smaller): seed 000's
+K = 2765 for MNIST is 35 epochs of 79 batches (M = 10,000, M_B = 128).
+
+One step is one compiled function (``runtime.compile_step``): the theta gradient, the
+chunked particle update of the whole cloud (a ``tf.while_loop`` over fixed-size chunks of
+``chunk_size`` images, so memory stays bounded and nothing retraces), then the RMSprop
+step.  The training images live in the scheme as a variable and are gathered by index;
+the cloud never leaves the device.  The Langevin noise comes from the run's stateful
+generator, which every checkpoint holds together with the cloud and the RMSprop slots,
+so a resumed run continues exactly (with the same ``train.compile``: XLA turns the same
+generator state into different normals than TensorFlow's kernels do).
+
+Batch norm.  The theta gradient runs the decoder in training mode (batch statistics over
+the M_B N particles of the batch, moving averages updated), as the reference does.  The
+particle update runs it in inference mode (the moving averages), also as the reference
+does (``model.eval()``), for two reasons: (3) needs grad_x log p_theta(x^{n,m}, y^m) of
+each particle on its own, and batch statistics would couple every particle of a chunk to
+every other one (the gradient would depend on the chunking); and inference-mode batch
+norm is an affine map per channel, so no statistics are recomputed over the M N particles.
+
+``particle_update = "batch"`` moves only the particles of the batch's images, with the
+same kernel (3).  It costs O(M_B N) decoder evaluations per step instead of O(M N) -- an
+epoch of "batch" steps costs about one "all" step -- but every particle then takes one
+Langevin step per epoch instead of ceil(M / M_B): the cloud lags theta (as in persistent
+contrastive divergence with few updates) and theta's gradient is taken at staler, less
+well mixed particles.  Use it for large M or quick experiments; "all" is seed 000's
+algorithm.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from tfgen.config import field
+from tfgen.errors import ConfigError
+from tfgen.inference.base import Scheme
+from tfgen.registry import SCHEMES
+
+
+@dataclasses.dataclass
+class PGAConfig:
+    particles: int = field(10, min=1, max=100000, help="N: particles per training image")
+    step_size: float = field(1e-4, gt=0.0, max=1.0, help="h: Langevin step size of eq. (3); "
+                                                         "also scales theta's step (2)")
+    theta_scale: float = field(1e-3, gt=0.0, max=1e6, help="lambda: theta's RMSprop learning "
+                                                          "rate is h * M * lambda")
+    particle_update: Literal["all", "batch"] = field(
+        "all", help="all: every particle moves every step (seed 000); batch: only the batch's "
+                    "particles (a particle update about ceil(M/M_B) times cheaper; slower mixing)")
+    chunk_size: int = field(64, min=1, max=1000000,
+                            help="images whose particles are decoded together in the particle "
+                                 "update (chunk_size * N decoder evaluations in memory at once)")
+    rmsprop_rho: float = field(0.1, min=0.0, max=0.999, help="RMSprop smoothing constant "
+                                                             "(seed 000 reference: 0.1)")
+    rmsprop_epsilon: float = field(1e-8, gt=0.0, max=1.0,
+                                   help="added to sqrt(v) in theta's RMSprop denominator")
+    summary_images: int = field(4, min=0, max=64, help="training images whose particles are "
+                                                       "decoded into TensorBoard")
+
+    def check(self, cfg):
+        if cfg.data.val_split and cfg.train.early_stopping.patience:
+            raise ConfigError(cfg.source_file, "train.early_stopping.patience",
+                              "PGA has no q(z | y), so there is no validation loss to stop on",
+                              cfg.train.early_stopping.patience, "0 (or data.val_split = '' to "
+                              "stop on the training loss)")
+
+
+@SCHEMES.register("pga", config=PGAConfig)
+class PGA(Scheme):
+    """Particle gradient ascent: Langevin particle cloud + RMSprop on theta (seed 000, eqs. (2), (3))."""
+
+    has_posterior = False
+    has_latent_cloud = True
+    default_evaluations = (
+        {"task": "samples", "sampler": "particle_gaussian"},
+        {"task": "samples", "sampler": "prior"},
+        {"task": "inpainting", "split": "train", "sampler": "particle_gaussian"},
+        "curves",
+    )
+
+    def __init__(self, params: PGAConfig, model, data, cfg, generator, strategy):
+        self.num_images = len(data.train)
+        self.num_particles = params.particles
+        # X_0 ~ p(x), shape [M, N, d]
+        initial = model.prior.distribution().sample(
+            [self.num_images, params.particles], seed=_stateless_seed(generator))
+        self.particle_cloud = tf.Variable(initial, trainable=False, name="particle_cloud")
+        self.train_images = tf.Variable(data.train.images, trainable=False, name="train_images")
+        # chunks of equal size (static shapes: no retracing, XLA-compatible); the last one is
+        # padded by repeating the last image, whose extra gradients are dropped
+        chunk = min(params.chunk_size, self.num_images)
+        self.num_chunks = math.ceil(self.num_images / chunk)
+        self.chunk = math.ceil(self.num_images / self.num_chunks)
+        self.theta_optimizer = keras.optimizers.RMSprop(
+            learning_rate=self.learning_rate_value(params), rho=params.rmsprop_rho,
+            # Keras adds epsilon inside the square root: sqrt(v + eps^2) ~ sqrt(v) + eps (PyTorch)
+            epsilon=params.rmsprop_epsilon ** 2)
+        self.theta_optimizer.build(model.theta)
+        super().__init__(params, model, data, cfg, generator, strategy)
+
+    # ------------------------------------------------------------------ hyper-parameters
+    def learning_rate_value(self, params: PGAConfig | None = None) -> float:
+        params = params or self.params
+        return params.step_size * self.num_images * params.theta_scale
+
+    def learning_rate(self) -> float:
+        return self.learning_rate_value()
+
+    def after_restore(self):
+        self.theta_optimizer.learning_rate.assign(self.learning_rate_value())
+
+    def checkpoint_items(self):
+        return {"particle_cloud": self.particle_cloud, "theta_optimizer": self.theta_optimizer}
+
+    def latent_cloud(self) -> tf.Tensor:
+        """The cloud as [M * N, d] (for the ``particle_gaussian`` sampler)."""
+        return tf.reshape(self.particle_cloud, [-1, self.model.latent_dim])
+
+    # ------------------------------------------------------------------ the three pieces
+    def log_joint_gradient(self, particles: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
+        """grad_x log p_theta(x^{n,m}, y^m) for particles [c, N, d] of images [c, H, W, C].
+
+        The decoder runs in inference mode, so every particle's gradient is its own (see the
+        module docstring); summing the log joints and differentiating gives them all at once.
+        """
+        z = tf.transpose(particles, [1, 0, 2])  # [N, c, d]: log_joint's [..., B, d] layout
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(z)
+            total = tf.reduce_sum(self.model.log_joint(z, images, training=False))
+        return tf.transpose(tape.gradient(total, z), [1, 0, 2])
+
+    def theta_gradient(self, images: tf.Tensor, batch_particles: tf.Tensor):
+        """Gradient of the mean negative log joint over the batch's particles, eq. (2)."""
+        z = tf.transpose(batch_particles, [1, 0, 2])  # [N, B, d]
+        theta = self.model.theta
+        with tf.GradientTape() as tape:
+            log_joint = self.model.log_joint(z, images, training=True)  # [N, B]
+            loss = -tf.reduce_mean(log_joint)
+        grads = tape.gradient(loss, theta)
+        log_prior = tf.reduce_mean(self.model.log_prior(z))
+        return {"loss": loss, "log_joint": -loss, "log_prior": log_prior,
+                "log_likelihood": -loss - log_prior}, grads
+
+    def langevin_step(self, particles: tf.Tensor, drift: tf.Tensor) -> tf.Tensor:
+        """Eq. (3): X + h grad_x log p + sqrt(2h) W, W ~ N(0, I) from the run's generator."""
+        h = self.params.step_size
+        noise = self.generator.normal(tf.shape(particles), dtype=particles.dtype)
+        return particles + h * drift + math.sqrt(2.0 * h) * noise
+
+    def update_all_particles(self) -> None:
+        """Eq. (3) for all M N particles, in a while loop over equal chunks of images."""
+        cloud = tf.convert_to_tensor(self.particle_cloud)
+        c, num_chunks, last = self.chunk, self.num_chunks, self.num_images - 1
+        shape = [c, self.num_particles, self.model.latent_dim]
+        drifts = tf.TensorArray(cloud.dtype, size=num_chunks, element_shape=shape)
+
+        def body(i, drifts):
+            rows = tf.minimum(i * c + tf.range(c), last)
+            images = self.data.transform_batch(tf.gather(self.train_images, rows), self.generator)
+            return i + 1, drifts.write(i, self.log_joint_gradient(tf.gather(cloud, rows), images))
+
+        _, drifts = tf.while_loop(lambda i, _: i < num_chunks, body, (tf.constant(0), drifts),
+                                  parallel_iterations=1)
+        drift = tf.reshape(drifts.stack(), [num_chunks * c, *shape[1:]])[: self.num_images]
+        self.particle_cloud.assign(self.langevin_step(cloud, drift))
+
+    def update_batch_particles(self, images: tf.Tensor, indices: tf.Tensor,
+                               batch_particles: tf.Tensor) -> None:
+        """Eq. (3) for the batch's particles only (``particle_update = "batch"``)."""
+        drift = self.log_joint_gradient(batch_particles, images)
+        self.particle_cloud.scatter_nd_update(indices[:, None],
+                                              self.langevin_step(batch_particles, drift))
+
+    def apply_theta_gradient(self, grads) -> None:
+        self.theta_optimizer.apply_gradients(zip(grads, self.model.theta))
+
+    # ------------------------------------------------------------------ the step
+    def _train_step(self, images, indices):
+        return self.strategy.run(self._replica_step, (images, indices))
+
+    def _replica_step(self, images, indices):
+        images = self.data.transform_batch(images, self.generator)
+        batch_particles = tf.gather(self.particle_cloud, indices)  # X_k for B_k
+        out, grads = self.theta_gradient(images, batch_particles)  # at theta_k
+        if self.params.particle_update == "all":
+            self.update_all_particles()  # with theta_k
+        else:
+            self.update_batch_particles(images, indices, batch_particles)
+        self.apply_theta_gradient(grads)  # theta_{k+1}
+        out.update(cloud_statistics(self.particle_cloud))
+        return out
+
+    # ------------------------------------------------------------------ TensorBoard
+    def log_summaries(self, step: int) -> None:
+        """Cloud histograms, decoded particles of a few fixed images, Gaussian-fit samples."""
+        from tfgen.evaluation import figures
+        from tfgen.evaluation.tasks import SamplesConfig, sample_grid
+
+        cloud = self.particle_cloud.numpy()
+        flat = cloud.reshape(-1, cloud.shape[-1])
+        tf.summary.histogram("cloud/std_per_dimension", flat.std(axis=0), step=step)
+        tf.summary.histogram("cloud/mean_per_dimension", flat.mean(axis=0), step=step)
+        tf.summary.histogram("cloud/particle_norm", np.linalg.norm(flat, axis=-1), step=step)
+        for key, value in cloud_statistics(cloud).items():
+            tf.summary.scalar(f"cloud/{key}", value, step=step)
+        k = min(self.params.summary_images, self.num_images)
+        if k:
+            shown = min(self.num_particles, 8)
+            decoded = self.model.likelihood.mean(self.model.decode(cloud[:k, :shown])).numpy()
+            originals = self.data.train.images[:k, None]
+            rows = np.concatenate([originals, decoded], axis=1).reshape(-1, *decoded.shape[2:])
+            grid = figures.image_grid(rows, 1 + shown, self.data.pixel_range)
+            tf.summary.image("images/particles_decoded", grid[None], step=step)
+        grid = sample_grid(self, SamplesConfig(num_images=self.cfg.logging.num_images,
+                                               sampler="particle_gaussian"),
+                           self.cfg.experiment.seed, self.data.pixel_range)
+        tf.summary.image("images/samples_particle_gaussian", grid[None], step=step)
+
+
+def cloud_statistics(cloud) -> dict:
+    """Mean particle norm, spread per dimension over the whole cloud (mean of the d standard
+    deviations), and the spread of each image's N particles around their own mean."""
+    cloud = tf.convert_to_tensor(cloud)
+    d = cloud.shape[-1]
+    flat = tf.reshape(cloud, [-1, d])
+    within = tf.math.reduce_std(cloud, axis=1) if cloud.shape[1] > 1 else tf.zeros_like(cloud[:, 0])
+    return {"cloud_mean_norm": tf.reduce_mean(tf.norm(flat, axis=-1)),
+            "cloud_std": tf.reduce_mean(tf.math.reduce_std(flat, axis=0)),
+            "particle_spread": tf.reduce_mean(within)}
+
+
+def _stateless_seed(generator: tf.random.Generator) -> tf.Tensor:
+    return tf.cast(generator.uniform_full_int([2], tf.int64) % (2**31 - 1), tf.int32)
