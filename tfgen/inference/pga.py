@@ -38,8 +38,9 @@ every other one (the gradient would depend on the chunking); and inference-mode 
 norm is an affine map per channel, so no statistics are recomputed over the M N particles.
 
 ``particle_update = "batch"`` moves only the particles of the batch's images, with the
-same kernel (3).  It costs O(M_B N) decoder evaluations per step instead of O(M N) -- an
-epoch of "batch" steps costs about one "all" step -- but every particle then takes one
+same kernel (3).  Its particle update costs O(M_B N) decoder evaluations per step instead
+of O(M N) -- an epoch of "batch" particle updates costs about one "all" particle update; the
+theta gradient costs the same in both modes -- but every particle then takes one
 Langevin step per epoch instead of ceil(M / M_B): the cloud lags theta (as in persistent
 contrastive divergence with few updates) and theta's gradient is taken at staler, less
 well mixed particles.  Use it for large M or quick experiments; "all" is seed 000's
