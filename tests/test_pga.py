@@ -409,7 +409,7 @@ def test_inpainting_task_runs_for_a_vae(tmp_path):
 
 # --------------------------------------------------------------------------- (e) tfgen run
 
-def pga_config(idx_folder: Path, out: Path, epochs: int) -> str:
+def pga_config(idx_folder: Path, out: Path, epochs: int, compile_mode: str = "graph") -> str:
     return f"""
 [experiment]
 name = "tiny_pga"
@@ -447,6 +447,7 @@ chunk_size = 20
 [train]
 epochs = {epochs}
 batch_size = 16
+compile = "{compile_mode}"
 steps_per_epoch = 2
 
 [logging]
@@ -470,11 +471,12 @@ task = "curves"
 """
 
 
-def test_tfgen_run_checkpoints_the_cloud_and_resumes_exactly(tmp_path, idx_folder):
+@pytest.mark.parametrize("compile_mode", ["graph", "xla"])  # the PGA experiments use XLA
+def test_tfgen_run_checkpoints_the_cloud_and_resumes_exactly(tmp_path, idx_folder, compile_mode):
     straight, pieces = tmp_path / "straight", tmp_path / "pieces"
     for out, epochs in [(straight, 2), (pieces, 1)]:
         config = tmp_path / f"{out.name}.toml"
-        config.write_text(pga_config(idx_folder, out, epochs))
+        config.write_text(pga_config(idx_folder, out, epochs, compile_mode))
         result = run_cli("run", str(config), "--quiet")
         assert result.returncode == 0, result.stderr
     run_dir = next((pieces / "tiny_pga").iterdir())
