@@ -246,7 +246,7 @@ class Trainer:
             self.best_checkpoint.restore(best).assert_existing_objects_matched()
 
     def validate(self, epoch: int) -> dict:
-        if self.data.val is None or not getattr(self.scheme, "has_posterior", True):
+        if self.data.val is None or not self.scheme.has_posterior:
             return {}
         terms = mean_elbo(self.scheme, self.data.val, 500, self.cfg.experiment.seed + 1 + epoch)
         return {"val_elbo": terms["elbo"], "val_reconstruction": terms["reconstruction"],
@@ -302,7 +302,7 @@ class Trainer:
         from tfgen.evaluation.tasks import SamplesConfig, reconstruction_grid, sample_grid
 
         n = self.cfg.logging.num_images
-        if getattr(self.scheme, "has_posterior", True):
+        if self.scheme.has_posterior:
             _, split = self.data.eval_split()
             grid = reconstruction_grid(self.scheme, split.images[:n], 8, self.data.pixel_range)
             tf.summary.image("images/reconstructions", grid[None], step=step)

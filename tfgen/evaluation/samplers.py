@@ -28,25 +28,14 @@ NEEDS_LATENT_CLOUD = ("particle_gaussian",)
 
 def check_sampler(cfg, sampler: str, key: str) -> None:
     """Config-time check: a sampler that needs per-datapoint latents needs a scheme that has them."""
-    from tfgen.registry import SCHEMES
+    from tfgen.inference.base import configured_scheme_has, schemes_with
 
-    if sampler not in NEEDS_LATENT_CLOUD:
-        return
-    scheme_cls = SCHEMES.get(cfg.inference.name).factory
-    if not getattr(scheme_cls, "has_latent_cloud", False):
-        with_cloud = [e.name for e in SCHEMES.entries()
-                      if getattr(e.factory, "has_latent_cloud", False)]
+    if sampler in NEEDS_LATENT_CLOUD and not configured_scheme_has(cfg, "has_latent_cloud"):
+        with_cloud = schemes_with("has_latent_cloud")
         raise ConfigError(cfg.source_file, key, f"sampler {sampler!r} fits a Gaussian to a "
                           f"particle cloud, but scheme {cfg.inference.name!r} keeps no "
                           f"per-datapoint latents", sampler,
                           f"'prior' (or a scheme with a cloud: {', '.join(with_cloud) or 'none'})")
-
-
-def latent_cloud(scheme) -> tf.Tensor:
-    cloud = getattr(scheme, "latent_cloud", lambda: None)()
-    if cloud is None:  # config validation rules this out
-        raise ValueError(f"{type(scheme).__name__} has no latent cloud")
-    return cloud
 
 
 def particle_gaussian(cloud) -> tuple[np.ndarray, np.ndarray]:
@@ -76,5 +65,5 @@ def sample_latents(sampler: str, scheme, num: int, seed: int) -> tf.Tensor:
         dist = scheme.model.prior.distribution()
         return dist.sample(num, seed=tf.constant([seed, 0], tf.int32))
     if sampler == "particle_gaussian":
-        return sample_particle_gaussian(latent_cloud(scheme), num, seed)
+        return sample_particle_gaussian(scheme.latent_cloud(), num, seed)
     raise ValueError(f"unknown sampler {sampler!r}")  # config validation rules this out

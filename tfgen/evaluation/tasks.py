@@ -44,12 +44,10 @@ class EvalContext:
 
 
 def _needs_posterior(cfg: Config, task: str) -> None:
-    from tfgen.registry import SCHEMES
+    from tfgen.inference.base import configured_scheme_has, schemes_with
 
-    scheme_cls = SCHEMES.get(cfg.inference.name).factory
-    if not getattr(scheme_cls, "has_posterior", True):
-        with_posterior = [e.name for e in SCHEMES.entries()
-                          if getattr(e.factory, "has_posterior", True)]
+    if not configured_scheme_has(cfg, "has_posterior"):
+        with_posterior = schemes_with("has_posterior")
         raise ConfigError(cfg.source_file, "evaluate", f"task {task!r} needs a scheme with "
                           f"q(z | y)", cfg.inference.name,
                           f"inference.scheme = {' or '.join(repr(n) for n in with_posterior)}, "

@@ -13,6 +13,7 @@ import tf_keras as keras
 from tfgen.config import Config, TrainConfig
 from tfgen.data import DataBundle
 from tfgen.inference.elbo import ElboTerms, elbo_terms, importance_log_likelihood
+from tfgen.registry import SCHEMES
 from tfgen.runtime import compile_step
 
 OPTIMIZERS = {
@@ -27,8 +28,26 @@ def make_optimizer(train: TrainConfig, learning_rate: float | None = None, **kwa
     return OPTIMIZERS[train.optimizer](learning_rate=learning_rate or train.learning_rate, **kwargs)
 
 
+def configured_scheme_has(cfg: Config, capability: str) -> bool:
+    """Whether the scheme ``cfg`` names sets a capability flag (e.g. ``has_posterior``)."""
+    return getattr(SCHEMES.get(cfg.inference.name).factory, capability)
+
+
+def schemes_with(capability: str) -> list[str]:
+    """Names of the registered schemes that set a capability flag (for error messages)."""
+    return [e.name for e in SCHEMES.entries() if getattr(e.factory, capability)]
+
+
 class Scheme(tf.Module):
-    """Base class of inference schemes."""
+    """Base class of inference schemes.
+
+    Capability flags, read at config time by the tasks and samplers that need them:
+    ``has_posterior`` (an amortized q(z | y): ELBO, reconstructions, IWAE) and
+    ``has_latent_cloud`` (per-datapoint latents, returned by ``latent_cloud()`` as [n, d]).
+    """
+
+    has_posterior = True
+    has_latent_cloud = False
 
     def __init__(self, params, model, data: DataBundle, cfg: Config, generator: tf.random.Generator,
                  strategy: tf.distribute.Strategy):
@@ -38,6 +57,10 @@ class Scheme(tf.Module):
         self.train_step = compile_step(self._train_step, cfg.train.compile)
         self._eval_terms = compile_step(self._eval_terms_fn, cfg.train.compile)
         self._eval_loglik = compile_step(self._eval_loglik_fn, cfg.train.compile)
+
+    def latent_cloud(self) -> tf.Tensor:
+        """Per-datapoint latents as [n, d] (schemes with ``has_latent_cloud``)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no per-datapoint latents")
 
     # ---- to implement
     def _train_step(self, images: tf.Tensor, indices: tf.Tensor) -> dict[str, tf.Tensor]:

@@ -217,7 +217,9 @@ class PGA(Scheme):
 
     # ------------------------------------------------------------------ TensorBoard
     def log_summaries(self, step: int) -> None:
-        """Cloud histograms, decoded particles of a few fixed images, Gaussian-fit samples."""
+        """Cloud histograms, decoded particles of a few fixed images, Gaussian-fit samples.
+
+        (The cloud's scalar statistics come with every step's outputs, as ``train/cloud_*``.)"""
         from tfgen.evaluation import figures
         from tfgen.evaluation.tasks import SamplesConfig, sample_grid
 
@@ -226,8 +228,6 @@ class PGA(Scheme):
         tf.summary.histogram("cloud/std_per_dimension", flat.std(axis=0), step=step)
         tf.summary.histogram("cloud/mean_per_dimension", flat.mean(axis=0), step=step)
         tf.summary.histogram("cloud/particle_norm", np.linalg.norm(flat, axis=-1), step=step)
-        for key, value in cloud_statistics(cloud).items():
-            tf.summary.scalar(f"cloud/{key}", value, step=step)
         k = min(self.params.summary_images, self.num_images)
         if k:
             shown = min(self.num_particles, 8)

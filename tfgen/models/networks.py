@@ -21,6 +21,13 @@ from tfgen.registry import NETWORKS
 Activation = Literal["relu", "gelu", "elu", "leaky_relu", "tanh", "sigmoid", "swish", "softplus"]
 
 
+def _require_image_output(name: str, output_shape, key: str) -> None:
+    """Decoders that end in (transposed) convolutions produce [H, W, C] images only."""
+    if len(output_shape) != 3:
+        raise ConfigError(None, key, f"{name} produces images; use it as a decoder", name,
+                          "conv_encoder, mlp")
+
+
 def _activation(name: str):
     if name == "leaky_relu":
         return tf.nn.leaky_relu
@@ -206,9 +213,7 @@ class ConvDecoder(Network):
 @NETWORKS.register("conv_decoder", config=ConvDecoderConfig)
 def conv_decoder(config: ConvDecoderConfig, output_shape, key: str):
     """Transposed-conv decoder of seed 001 (128/64/32, kernel 5, stride 2, BN, ReLU, dense head)."""
-    if len(output_shape) != 3:
-        raise ConfigError(None, key, "conv_decoder produces images; use it as a decoder",
-                          "conv_decoder", "conv_encoder, mlp")
+    _require_image_output("conv_decoder", output_shape, key)
     return ConvDecoder(output_shape, config.channels, config.kernel, config.activation,
                        config.batch_norm, config.head_channels)
 
@@ -273,9 +278,7 @@ class UpconvDecoder(Network):
 @NETWORKS.register("upconv_decoder", config=UpconvDecoderConfig)
 def upconv_decoder(config: UpconvDecoderConfig, output_shape, key: str):
     """Dense projection to a small feature map, then stride-2 transposed convs (heavier, sharper)."""
-    if len(output_shape) != 3:
-        raise ConfigError(None, key, "upconv_decoder produces images; use it as a decoder",
-                          "upconv_decoder", "conv_encoder, mlp")
+    _require_image_output("upconv_decoder", output_shape, key)
     factor = 2 ** (len(config.channels) - 1)
     h, w, _ = output_shape
     if h % factor or w % factor:
@@ -430,9 +433,7 @@ class ResidualDecoder(Network):
 @NETWORKS.register("residual_decoder", config=ResidualDecoderConfig)
 def residual_decoder(config: ResidualDecoderConfig, output_shape, key: str):
     """Seed-000 decoder: projection, two residual conv layers, 4x4 transposed conv, tanh (GELU, BN)."""
-    if len(output_shape) != 3:
-        raise ConfigError(None, key, "residual_decoder produces images; use it as a decoder",
-                          "residual_decoder", "conv_encoder, mlp")
+    _require_image_output("residual_decoder", output_shape, key)
     h, w, _ = output_shape
     if h % 2 or w % 2:
         raise ConfigError(None, f"{key}.name", f"needs even image sides (one stride-2 upsampling), "
