@@ -13,20 +13,18 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from conftest import run_cli
+from conftest import build_in_memory, run_cli
 from tfgen.config import from_dict
-from tfgen.data import DataBundle, Split
 from tfgen.errors import ConfigError
 from tfgen.evaluation import inpainting, samplers
+from tfgen.inference import kernels
 from tfgen.models.model import build_model
-from tfgen.registry import SCHEMES
-from tfgen.runtime import apply_seed
 
 
 def make_pga(images: np.ndarray, latent_dim: int, inference: dict, decoder=None, likelihood=None,
              batch_size: int = 4, seed: int = 0, pixel_range=(0.0, 1.0), compile_mode="graph"):
-    """A PGA scheme on in-memory images, built the way the runner builds it."""
-    cfg = from_dict({
+    """A PGA scheme on in-memory images, built by the runner's own build function."""
+    return build_in_memory({
         "experiment": {"seed": seed},
         "data": {"val_split": ""},
         "model": {"prior": {"dim": latent_dim},
@@ -35,14 +33,7 @@ def make_pga(images: np.ndarray, latent_dim: int, inference: dict, decoder=None,
         "inference": {"scheme": "pga", **inference},
         "train": {"batch_size": batch_size, "compile": compile_mode},
         "evaluate": [],
-    })
-    generator = apply_seed(seed)
-    split = Split(images.astype(np.float32), np.zeros(len(images), np.int64))
-    data = DataBundle(split, None, None, tuple(images.shape[1:]), pixel_range, "test", cfg.data)
-    model = build_model(cfg, data.image_shape, data.pixel_range)
-    scheme = SCHEMES.get("pga").factory(cfg.inference.params, model, data, cfg, generator,
-                                        tf.distribute.get_strategy())
-    return scheme
+    }, images, pixel_range)
 
 
 def linear_theta(scheme) -> tuple[np.ndarray, np.ndarray]:
@@ -65,6 +56,13 @@ def normal_langevin_expected(scheme, images, h, noise):
 
 def copy_generator(generator: tf.random.Generator) -> tf.random.Generator:
     return tf.random.Generator.from_state(generator.state.numpy(), generator.algorithm)
+
+
+def replayed_noise(generator: tf.random.Generator, shape) -> np.ndarray:
+    """The Langevin noise the scheme's next move draws: the shared kernel's normals from the
+    next seed of (a copy of) the run's generator."""
+    replay = copy_generator(generator)
+    return kernels.standard_normal(shape, kernels.seeds_from(replay)).numpy()
 
 
 # --------------------------------------------------------------------------- (a) PPCA
@@ -127,8 +125,7 @@ def test_particle_update_is_the_hand_computed_langevin_step(chunk_size):
     images = np.random.default_rng(3).normal(size=(M, 1, D, 1)).astype(np.float32)
     scheme = make_pga(images, d, {"particles": 5, "step_size": h, "chunk_size": chunk_size})
     scheme.model.decoder.head.bias.assign(np.linspace(-1, 1, D).astype(np.float32))
-    replay = copy_generator(scheme.generator)
-    noise = replay.normal([M, 5, d]).numpy().astype(np.float64)
+    noise = replayed_noise(scheme.generator, [M, 5, d]).astype(np.float64)
     expected = normal_langevin_expected(scheme, images, h, noise)
     tf.function(scheme.update_all_particles)()
     np.testing.assert_allclose(scheme.particle_cloud.numpy(), expected, rtol=1e-4, atol=1e-5)
@@ -140,8 +137,7 @@ def test_train_step_moves_particles_with_theta_k_then_updates_theta():
     images = np.random.default_rng(4).normal(size=(M, 1, D, 1)).astype(np.float32)
     scheme = make_pga(images, d, {"particles": 3, "step_size": h, "chunk_size": 4}, batch_size=3)
     W0, b0 = linear_theta(scheme)
-    replay = copy_generator(scheme.generator)
-    expected = normal_langevin_expected(scheme, images, h, replay.normal([M, 3, d]).numpy())
+    expected = normal_langevin_expected(scheme, images, h, replayed_noise(scheme.generator, [M, 3, d]))
     idx = np.array([4, 0, 2])
     out = scheme.train_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
     np.testing.assert_allclose(scheme.particle_cloud.numpy(), expected, rtol=1e-4, atol=1e-5)
@@ -248,7 +244,8 @@ def test_xla_step_equals_the_graph_step(mode):
                           batch_size=3, pixel_range=(-1.0, 1.0), compile_mode=compile_mode)
         replay = copy_generator(scheme.generator)
         rows = idx if mode == "batch" else np.arange(len(images))
-        draw = tf.function(lambda: replay.normal([len(rows), 2, 3]),
+        draw = tf.function(lambda: kernels.standard_normal([len(rows), 2, 3],
+                                                           kernels.seeds_from(replay)),
                            jit_compile=compile_mode == "xla")
         noise = draw().numpy()
         before = scheme.particle_cloud.numpy()
@@ -298,7 +295,7 @@ def test_config_rejects_particle_gaussian_without_a_cloud_and_posterior_tasks_fo
     for task in ["elbo", "reconstructions", "log_likelihood"]:
         with pytest.raises(ConfigError) as err:
             from_dict({**pga, "evaluate": [{"task": task}]})
-        assert "q(z | y)" in str(err.value) and "'vae'" in err.value.allowed
+        assert "which scheme 'pga' does not have" in str(err.value) and "'vae'" in err.value.allowed
     defaults = [c.name for c in from_dict(pga).evaluate]  # scheme-dependent defaults
     assert "elbo" not in defaults and "inpainting" in defaults and "samples" in defaults
     assert [c.name for c in from_dict(base).evaluate] == ["elbo", "reconstructions", "samples", "curves"]
@@ -388,18 +385,14 @@ def test_inpainting_task_runs_for_a_vae(tmp_path):
     and a figure."""
     from tfgen.evaluation.tasks import EvalContext
 
-    cfg = from_dict({"data": {"val_split": ""}, "model": {
+    images = np.random.default_rng(10).uniform(size=(4, 6, 6, 1)).astype(np.float32)
+    scheme = build_in_memory({"data": {"val_split": ""}, "model": {
         "prior": {"dim": 2}, "decoder": {"name": "mlp", "hidden": [8]},
         "likelihood": {"name": "normal"}}, "inference": {"scheme": "vae", "encoder": {
             "name": "mlp", "hidden": [8]}}, "train": {"compile": "graph"},
         "evaluate": [{"task": "inpainting", "split": "train", "mask": "random", "fraction": 0.25,
-                      "steps": 3, "num_images": 3}]})
-    images = np.random.default_rng(10).uniform(size=(4, 6, 6, 1)).astype(np.float32)
-    split = Split(images, np.zeros(4, np.int64))
-    data = DataBundle(split, None, None, (6, 6, 1), (0.0, 1.0), "test", cfg.data)
-    model = build_model(cfg, data.image_shape, data.pixel_range)
-    scheme = SCHEMES.get("vae").factory(cfg.inference.params, model, data, cfg, apply_seed(0),
-                                        tf.distribute.get_strategy())
+                      "steps": 3, "num_images": 3}]}, images)
+    cfg, data = scheme.cfg, scheme.data
     ctx = EvalContext(cfg, scheme, data, tmp_path, [], 0)
     metrics = inpainting.inpainting_task(cfg.evaluate[0].params, ctx)
     assert set(metrics) == {"inpainting_random_train_hidden_mse", "inpainting_random_train_observed_mse"}
@@ -486,7 +479,7 @@ def test_tfgen_run_checkpoints_the_cloud_and_resumes_exactly(tmp_path, idx_folde
 
     latest = tf.train.latest_checkpoint(str(straight_dir / "checkpoints"))
     variables = dict(tf.train.list_variables(latest))
-    cloud_keys = [k for k in variables if k.startswith("particle_cloud/")]
+    cloud_keys = [k for k in variables if k.startswith("latents/values/")]
     assert len(cloud_keys) == 1 and variables[cloud_keys[0]] == [48, 2, 3]
     # one RMSprop velocity per theta variable: linear 2 + BN 2 + projection conv 1 + BN 2
     # + one residual layer 2 x (conv 2 + BN 2) + head 2 = 17

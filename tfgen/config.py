@@ -140,9 +140,6 @@ class Config:
                                          metadata={"internal": True})
 
 
-DEFAULT_EVALUATIONS = ("elbo", "reconstructions", "samples", "curves")
-
-
 # --------------------------------------------------------------------------- parsing
 
 class _Parser:
@@ -343,7 +340,7 @@ def from_dict(raw: dict, file: str = "<config>") -> Config:
     if "evaluate" not in raw:
         # each scheme may name its own defaults (task names or tables), e.g. PGA has no q(z|y)
         scheme_cls = ALL["schemes"].get(cfg.inference.name).factory
-        defaults = getattr(scheme_cls, "default_evaluations", DEFAULT_EVALUATIONS)
+        defaults = scheme_cls.default_evaluations
         cfg.evaluate = [_Parser(file).component(dict(t) if isinstance(t, dict) else {"task": t},
                                                 f"evaluate[{i}]",
                                                 {"registry": "evaluations", "name_key": "task"})
@@ -359,7 +356,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def _cross_check(cfg: Config) -> None:
-    """Checks that span sections; each component may add its own ``check(cfg)``."""
+    """Checks that span sections; each component may add its own ``check(cfg)``, and the
+    scheme class its ``check_config(cfg)``."""
+    ALL["schemes"].get(cfg.inference.name).factory.check_config(cfg)
     for comp in [cfg.model.prior, cfg.model.decoder, cfg.model.likelihood, cfg.inference,
                  *cfg.evaluate]:
         check = getattr(comp.params, "check", None)

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tfgen import runtime
 from tfgen.config import Config, load_config
-from tfgen.data import load_data
+from tfgen.data import DataBundle, load_data
 from tfgen.errors import ConfigError, TfgenError
 from tfgen.evaluation.tasks import EvalContext
 from tfgen.models.model import build_model
@@ -17,10 +17,15 @@ from tfgen.rundir import CONFIG_NAME, create_run_dir, write_config, write_metric
 from tfgen.training import Interrupted, Progress, Trainer
 
 
-def build(cfg: Config):
-    """Everything that can fail on bad input happens here, before a run directory exists."""
+def build(cfg: Config, data: DataBundle | None = None):
+    """Everything that can fail on bad input happens here, before a run directory exists.
+
+    ``data`` replaces the configured data set (tests and benchmarks pass in-memory images);
+    returns (data, scheme, generator).
+    """
     generator = runtime.apply_seed(cfg.experiment.seed)
-    data = load_data(cfg.data, cfg.experiment.seed, cfg.source_file)
+    if data is None:
+        data = load_data(cfg.data, cfg.experiment.seed, cfg.source_file)
     strategy = runtime.strategy(cfg.train.strategy)
     with strategy.scope():
         model = build_model(cfg, data.image_shape, data.pixel_range)

@@ -23,7 +23,7 @@ import tf_keras as keras
 from tfgen.config import Config
 from tfgen.data import DataBundle, train_dataset
 from tfgen.errors import ConfigError, TfgenError, TrainingDiverged
-from tfgen.evaluation.metrics import mean_elbo
+from tfgen.inference.capabilities import AmortizedPosterior
 
 
 class Interrupted(TfgenError):
@@ -119,7 +119,9 @@ class Trainer:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.steps_per_epoch)
         self._dataset_cache: dict = {}
         self.stopped_early = False
-        self.monitor = "val_loss" if data.val is not None else "train_loss"
+        # the scheme names what early stopping watches; on the validation split if it validates
+        validating = data.val is not None and bool(scheme.validation_metrics)
+        self.monitor = f"{'val' if validating else 'train'}_{scheme.monitor}"
 
     # ------------------------------------------------------------------ state
     def restore(self) -> bool:
@@ -246,11 +248,10 @@ class Trainer:
             self.best_checkpoint.restore(best).assert_existing_objects_matched()
 
     def validate(self, epoch: int) -> dict:
-        if self.data.val is None or not self.scheme.has_posterior:
+        if self.data.val is None or not self.scheme.validation_metrics:
             return {}
-        terms = mean_elbo(self.scheme, self.data.val, 500, self.cfg.experiment.seed + 1 + epoch)
-        return {"val_elbo": terms["elbo"], "val_reconstruction": terms["reconstruction"],
-                "val_kl": terms["kl"], "val_loss": -terms["elbo"]}
+        values = self.scheme.validate(self.data.val, self.cfg.experiment.seed + 1 + epoch)
+        return {f"val_{name}": values[name] for name in self.scheme.validation_metrics}
 
     # ------------------------------------------------------------------ helpers
     def _load_partial(self, skip: int) -> tuple[dict, int]:
@@ -302,15 +303,14 @@ class Trainer:
         from tfgen.evaluation.tasks import SamplesConfig, reconstruction_grid, sample_grid
 
         n = self.cfg.logging.num_images
-        if self.scheme.has_posterior:
+        if isinstance(self.scheme, AmortizedPosterior):  # a fitted q would cost a fit per image
             _, split = self.data.eval_split()
             grid = reconstruction_grid(self.scheme, split.images[:n], 8, self.data.pixel_range)
             tf.summary.image("images/reconstructions", grid[None], step=step)
         grid = sample_grid(self.scheme, SamplesConfig(num_images=n), self.cfg.experiment.seed,
                            self.data.pixel_range)
         tf.summary.image("images/samples", grid[None], step=step)
-        if hasattr(self.scheme, "log_summaries"):  # scheme-specific images and histograms
-            self.scheme.log_summaries(step)
+        self.scheme.log_summaries(step)  # scheme-specific images and histograms
 
     def _log_hparams(self) -> None:
         from tensorboard.plugins.hparams import api as hp

@@ -38,21 +38,18 @@ import numpy as np
 import tensorflow as tf
 
 from tfgen.config import from_dict
-from tfgen.data import DataBundle, Split
-from tfgen.models.model import build_model
-from tfgen.registry import SCHEMES
-from tfgen.runtime import apply_seed, compile_step
+from tfgen.data import DataBundle
+from tfgen.runner import build
+from tfgen.runtime import compile_step
 
 #: the published PyTorch code (ParEM parem/pga.py) on this kind of machine, seconds per step
 REFERENCE = {"M256_N4": {"step": 6.85, "theta_gradient": 2.56, "particle_update": 4.29},
              "M2000_N10": {"step": 80.0}}
 
 
-def synthetic_bundle(cfg, n: int) -> DataBundle:
+def synthetic_images(n: int) -> np.ndarray:
     rng = np.random.default_rng(0)
-    images = np.tanh(rng.normal(size=(n, 32, 32, 1))).astype(np.float32)  # in [-1, 1]
-    split = Split(images, np.zeros(n, np.int64))
-    return DataBundle(split, None, None, (32, 32, 1), (-1.0, 1.0), "synthetic", cfg.data)
+    return np.tanh(rng.normal(size=(n, 32, 32, 1))).astype(np.float32)  # in [-1, 1]
 
 
 def make_scheme(M: int, N: int, batch: int, mode: str, compile_mode: str, chunk: int):
@@ -65,11 +62,7 @@ def make_scheme(M: int, N: int, batch: int, mode: str, compile_mode: str, chunk:
         "train": {"batch_size": batch, "compile": compile_mode},
         "evaluate": [],
     })
-    generator = apply_seed(0)
-    data = synthetic_bundle(cfg, M)
-    model = build_model(cfg, data.image_shape, data.pixel_range)
-    scheme = SCHEMES.get("pga").factory(cfg.inference.params, model, data, cfg, generator,
-                                        tf.distribute.get_strategy())
+    data, scheme, _ = build(cfg, DataBundle.in_memory(cfg.data, synthetic_images(M), (-1.0, 1.0)))
     return cfg, data, scheme
 
 

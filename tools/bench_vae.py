@@ -21,30 +21,22 @@ import tensorflow_probability as tfp
 import tf_keras as keras
 
 from tfgen.config import from_dict
-from tfgen.data import DataBundle, Split
-from tfgen.models.model import build_model
-from tfgen.registry import SCHEMES
-from tfgen.runtime import apply_seed
+from tfgen.data import DataBundle
+from tfgen.runner import build
 
 tfd = tfp.distributions
 
 
-def synthetic_bundle(cfg, n):
+def synthetic_images(n):
     rng = np.random.default_rng(0)
-    images = (rng.random((n, 28, 28, 1)) < 0.3).astype(np.float32)
-    split = Split(images, np.zeros(n, np.int64))
-    return DataBundle(split, None, None, (28, 28, 1), (0.0, 1.0), "synthetic", cfg.data)
+    return (rng.random((n, 28, 28, 1)) < 0.3).astype(np.float32)
 
 
 def tfgen_step(compile_mode, batch, likelihood):
     cfg = from_dict({"data": {"binarize": "static" if likelihood == "bernoulli" else "none"},
                      "model": {"likelihood": {"name": likelihood}},
                      "train": {"compile": compile_mode, "batch_size": batch}})
-    gen = apply_seed(0)
-    data = synthetic_bundle(cfg, batch)
-    model = build_model(cfg, data.image_shape, data.pixel_range)
-    scheme = SCHEMES.get("vae").factory(cfg.inference.params, model, data, cfg, gen,
-                                        tf.distribute.get_strategy())
+    data, scheme, _ = build(cfg, DataBundle.in_memory(cfg.data, synthetic_images(batch)))
     images = tf.constant(data.train.images)
     idx = tf.range(batch, dtype=tf.int64)
     return lambda: scheme.train_step(images, idx)["loss"]

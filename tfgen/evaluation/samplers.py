@@ -8,8 +8,9 @@ final particle cloud (X^{n,m})_{n <= N, m <= M},
     mu = 1/(NM) sum_{n,m} X^{n,m},   Sigma = 1/(NM - 1) sum_{n,m} (X^{n,m} - mu)(X^{n,m} - mu)^T,
 
 because the decoder is trained where the particles are, which need not be where the prior
-puts its mass.  It needs a scheme with per-datapoint latents: one whose class sets
-``has_latent_cloud = True`` and whose ``latent_cloud()`` returns them as [M * N, d].
+puts its mass.  It needs a scheme with per-datapoint latents (the
+:class:`~tfgen.inference.capabilities.PerDatapointLatents` interface, whose ``latent_cloud()``
+returns them as [M * N, d]).
 """
 from __future__ import annotations
 
@@ -19,23 +20,18 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-from tfgen.errors import ConfigError
+from tfgen.inference.capabilities import LatentSampler, PerDatapointLatents, require
 
 Sampler = Literal["prior", "particle_gaussian"]
 SAMPLERS = typing.get_args(Sampler)
-NEEDS_LATENT_CLOUD = ("particle_gaussian",)
+#: the capability each sampler needs from the scheme
+NEEDS = {"prior": LatentSampler, "particle_gaussian": PerDatapointLatents}
 
 
 def check_sampler(cfg, sampler: str, key: str) -> None:
-    """Config-time check: a sampler that needs per-datapoint latents needs a scheme that has them."""
-    from tfgen.inference.base import configured_scheme_has, schemes_with
-
-    if sampler in NEEDS_LATENT_CLOUD and not configured_scheme_has(cfg, "has_latent_cloud"):
-        with_cloud = schemes_with("has_latent_cloud")
-        raise ConfigError(cfg.source_file, key, f"sampler {sampler!r} fits a Gaussian to a "
-                          f"particle cloud, but scheme {cfg.inference.name!r} keeps no "
-                          f"per-datapoint latents", sampler,
-                          f"'prior' (or a scheme with a cloud: {', '.join(with_cloud) or 'none'})")
+    """Config-time check: the scheme has what the sampler draws from."""
+    require(cfg, NEEDS[sampler], key, f"sampler {sampler!r}", given=sampler,
+            alternative="sampler = 'prior'" if sampler != "prior" else "")
 
 
 def particle_gaussian(cloud) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from tfgen.errors import ConfigError
 from tfgen.evaluation import figures
 from tfgen.evaluation.metrics import mean_elbo, mean_log_likelihood
 from tfgen.evaluation.samplers import Sampler, check_sampler, sample_latents
+from tfgen.inference.capabilities import LogLikelihood, Posterior, require
 from tfgen.registry import EVALUATIONS
 
 SplitName = Literal["train", "val", "test"]
@@ -43,15 +44,9 @@ class EvalContext:
         return self.run_dir / "figures" / name
 
 
-def _needs_posterior(cfg: Config, task: str) -> None:
-    from tfgen.inference.base import configured_scheme_has, schemes_with
-
-    if not configured_scheme_has(cfg, "has_posterior"):
-        with_posterior = schemes_with("has_posterior")
-        raise ConfigError(cfg.source_file, "evaluate", f"task {task!r} needs a scheme with "
-                          f"q(z | y)", cfg.inference.name,
-                          f"inference.scheme = {' or '.join(repr(n) for n in with_posterior)}, "
-                          f"or drop this [[evaluate]] entry")
+def _needs(cfg: Config, capability, task: str) -> None:
+    require(cfg, capability, "evaluate", f"task {task!r}",
+            alternative="drop this [[evaluate]] entry")
 
 
 # --------------------------------------------------------------------------- ELBO
@@ -63,7 +58,7 @@ class ElboTaskConfig:
     batch_size: int = field(500, min=1)
 
     def check(self, cfg):
-        _needs_posterior(cfg, "elbo")
+        _needs(cfg, Posterior, "elbo")
 
 
 @EVALUATIONS.register("elbo", config=ElboTaskConfig)
@@ -84,7 +79,7 @@ class LogLikelihoodConfig:
     batch_size: int = field(50, min=1)
 
     def check(self, cfg):
-        _needs_posterior(cfg, "log_likelihood")
+        _needs(cfg, LogLikelihood, "log_likelihood")
 
 
 @EVALUATIONS.register("log_likelihood", config=LogLikelihoodConfig)
@@ -105,7 +100,7 @@ class ReconstructionsConfig:
     ncols: int = field(8, min=1, max=64)
 
     def check(self, cfg):
-        _needs_posterior(cfg, "reconstructions")
+        _needs(cfg, Posterior, "reconstructions")
 
 
 def reconstruction_grid(scheme, images, ncols, pixel_range) -> np.ndarray:
@@ -153,17 +148,20 @@ def samples_task(params: SamplesConfig, ctx: EvalContext) -> dict:
     return {}
 
 
+#: axis labels of the metrics schemes report; any other metric is plotted under its own name
+CURVE_LABELS = {"elbo": "ELBO (nats / image)", "reconstruction": "E_q[log p(y|z)] (nats / image)",
+                "kl": "KL(q || p) (nats / image)", "loss": "loss"}
+
+
 @EVALUATIONS.register("curves")
 def curves_task(params, ctx: EvalContext) -> dict:
-    """Per-epoch training and validation curves (ELBO, its terms) as PNG plots."""
-    figures.plot_curves(ctx.history, [("train_elbo", "train"), ("val_elbo", "validation")],
-                        ctx.figure("elbo_curves.png"), "ELBO per epoch", "ELBO (nats / image)")
-    figures.plot_curves(ctx.history, [("train_reconstruction", "train reconstruction"),
-                                      ("val_reconstruction", "val reconstruction")],
-                        ctx.figure("reconstruction_curves.png"), "E_q[log p(y|z)] per epoch",
-                        "nats / image")
-    figures.plot_curves(ctx.history, [("train_kl", "train KL"), ("val_kl", "val KL")],
-                        ctx.figure("kl_curves.png"), "KL(q || p) per epoch", "nats / image")
-    figures.plot_curves(ctx.history, [("train_loss", "train loss"), ("val_loss", "val loss")],
-                        ctx.figure("loss_curves.png"), "loss per epoch", "loss")
+    """Per-epoch training and validation curves of every metric the scheme reports, as PNG plots
+    (``<metric>_curves.png``: train and validation on one plot)."""
+    metrics = sorted({key.split("_", 1)[1] for record in ctx.history for key in record
+                      if key.startswith(("train_", "val_"))})
+    for metric in metrics:
+        figures.plot_curves(ctx.history, [(f"train_{metric}", "train"),
+                                          (f"val_{metric}", "validation")],
+                            ctx.figure(f"{metric}_curves.png"), f"{metric} per epoch",
+                            CURVE_LABELS.get(metric, metric))
     return {}

@@ -1,9 +1,12 @@
-"""What every inference scheme shares: the interface, optimizers, the compiled-step wrapper.
+"""What every inference scheme shares: the base class, optimizers, the compiled-step wrapper.
 
-A scheme owns the state that training adds to the model (an encoder, the
-optimizers, a particle cloud ...) and one compiled ``train_step(images,
-indices) -> dict of scalar tensors`` ("loss" always among them: the shared
-output type the trainer logs, checks for NaN and checkpoints around).
+A scheme owns the state that training adds to the model (an encoder, the optimizers, a
+table of per-datapoint latents ...) and one compiled ``train_step(images, indices) -> dict
+of scalar tensors`` ("loss" always among them: the shared output type the trainer logs,
+checks for NaN and checkpoints around).  What else it can do it declares by inheriting the
+interfaces of :mod:`tfgen.inference.capabilities`; which metrics it reports on the
+validation split, and which one early stopping watches, it names itself
+(``validation_metrics``, ``monitor``).
 """
 from __future__ import annotations
 
@@ -11,9 +14,12 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfgen.config import Config, TrainConfig
-from tfgen.data import DataBundle
-from tfgen.inference.elbo import ElboTerms, elbo_terms, importance_log_likelihood
-from tfgen.registry import SCHEMES
+from tfgen.data import DataBundle, Split
+from tfgen.errors import ConfigError
+from tfgen.inference.capabilities import (DecoderLikelihood, LatentSampler, LogLikelihood,
+                                          Posterior)
+from tfgen.inference.elbo import (ElboTerms, elbo_terms, gaussian_posterior_from_scale,
+                                  importance_log_likelihood)
 from tfgen.runtime import compile_step
 
 OPTIMIZERS = {
@@ -28,26 +34,20 @@ def make_optimizer(train: TrainConfig, learning_rate: float | None = None, **kwa
     return OPTIMIZERS[train.optimizer](learning_rate=learning_rate or train.learning_rate, **kwargs)
 
 
-def configured_scheme_has(cfg: Config, capability: str) -> bool:
-    """Whether the scheme ``cfg`` names sets a capability flag (e.g. ``has_posterior``)."""
-    return getattr(SCHEMES.get(cfg.inference.name).factory, capability)
-
-
-def schemes_with(capability: str) -> list[str]:
-    """Names of the registered schemes that set a capability flag (for error messages)."""
-    return [e.name for e in SCHEMES.entries() if getattr(e.factory, capability)]
-
-
 class Scheme(tf.Module):
     """Base class of inference schemes.
 
-    Capability flags, read at config time by the tasks and samplers that need them:
-    ``has_posterior`` (an amortized q(z | y): ELBO, reconstructions, IWAE) and
-    ``has_latent_cloud`` (per-datapoint latents, returned by ``latent_cloud()`` as [n, d]).
+    Class attributes a scheme sets:
+    ``validation_metrics`` -- the names :meth:`validate` reports on the validation split
+    (empty: the scheme does not validate, and early stopping watches the training metric);
+    ``monitor`` -- the metric early stopping minimises (``val_<monitor>`` when the scheme
+    validates and there is a validation split, else ``train_<monitor>``);
+    ``default_evaluations`` -- the ``[[evaluate]]`` list used when the TOML has none.
     """
 
-    has_posterior = True
-    has_latent_cloud = False
+    validation_metrics: tuple[str, ...] = ()
+    monitor: str = "loss"
+    default_evaluations: tuple = ("elbo", "reconstructions", "samples", "curves")
 
     def __init__(self, params, model, data: DataBundle, cfg: Config, generator: tf.random.Generator,
                  strategy: tf.distribute.Strategy):
@@ -55,12 +55,16 @@ class Scheme(tf.Module):
         self.params, self.model, self.data, self.cfg = params, model, data, cfg
         self.generator, self.strategy = generator, strategy
         self.train_step = compile_step(self._train_step, cfg.train.compile)
-        self._eval_terms = compile_step(self._eval_terms_fn, cfg.train.compile)
-        self._eval_loglik = compile_step(self._eval_loglik_fn, cfg.train.compile)
 
-    def latent_cloud(self) -> tf.Tensor:
-        """Per-datapoint latents as [n, d] (schemes with ``has_latent_cloud``)."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no per-datapoint latents")
+    @classmethod
+    def check_config(cls, cfg: Config) -> None:
+        """Load-time checks that involve the scheme's own declarations."""
+        if cfg.data.val_split and cfg.train.early_stopping.patience and not cls.validation_metrics:
+            raise ConfigError(cfg.source_file, "train.early_stopping.patience",
+                              f"scheme {cfg.inference.name!r} reports no validation metric to "
+                              f"stop on", cfg.train.early_stopping.patience,
+                              "0 (or data.val_split = '' to stop on the training "
+                              f"{cls.monitor})")
 
     # ---- to implement
     def _train_step(self, images: tf.Tensor, indices: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -70,10 +74,6 @@ class Scheme(tf.Module):
         """Named trackables beyond the model that a checkpoint must hold."""
         return {}
 
-    def posterior(self, images: tf.Tensor, training: bool = False):
-        """q(z | y) as a ``tfd.MultivariateNormalDiag``, or None if the scheme has none."""
-        return None
-
     def after_restore(self) -> None:
         """Re-apply hyper-parameters that a checkpoint also stores (optimizer learning rates),
         so that ``--set`` on resume takes effect."""
@@ -81,25 +81,50 @@ class Scheme(tf.Module):
     def learning_rate(self) -> float:
         return float(self.cfg.train.learning_rate)
 
-    # ---- shared evaluation, compiled once per scheme
-    def _eval_terms_fn(self, images, seed, num_samples: int):
-        q = self.posterior(images)
-        noise = tf.random.stateless_normal(
-            tf.concat([[num_samples], tf.shape(q.loc)], 0), seed, dtype=q.loc.dtype)
+    def validate(self, split: Split, seed: int) -> dict[str, float]:
+        """The ``validation_metrics`` on a split (called once per epoch)."""
+        return {}
+
+    def log_summaries(self, step: int) -> None:
+        """Scheme-specific TensorBoard images and histograms (with the trainer's image summaries)."""
+
+
+class PosteriorEstimates(Posterior, LogLikelihood, DecoderLikelihood, LatentSampler):
+    """The estimators every scheme with a Gaussian q(z | y) shares, whatever gives the q:
+    the ELBO terms and the importance-weighted log-likelihood (seed 001 task 1b; Burda et al.
+    2016), computed in compiled functions of the images and q's parameters."""
+
+    def _compiled(self, name, fn):
+        cache = self.__dict__.setdefault("_compiled_estimators", {})
+        if name not in cache:
+            cache[name] = compile_step(fn, self.cfg.train.compile)
+        return cache[name]
+
+    @staticmethod
+    def _proposal(loc, scale, seed, num_samples: int):
+        """q and its reparameterization noise [S, B, d] from a stateless seed."""
+        noise = tf.random.stateless_normal(tf.concat([[num_samples], tf.shape(loc)], 0), seed,
+                                           dtype=loc.dtype)
+        return gaussian_posterior_from_scale(loc, scale), noise
+
+    def _terms_fn(self, images, loc, scale, seed, num_samples: int):
+        q, noise = self._proposal(loc, scale, seed, num_samples)
         return elbo_terms(self.model, q, images, num_samples, noise=noise)
 
-    def _eval_loglik_fn(self, images, seed, num_samples: int):
-        q = self.posterior(images)
-        noise = tf.random.stateless_normal(
-            tf.concat([[num_samples], tf.shape(q.loc)], 0), seed, dtype=q.loc.dtype)
+    def _loglik_fn(self, images, loc, scale, seed, num_samples: int):
+        q, noise = self._proposal(loc, scale, seed, num_samples)
         return importance_log_likelihood(self.model, q, images, num_samples, noise=noise)
 
     def elbo_terms(self, images, seed, num_samples: int = 1) -> ElboTerms:
-        return self._eval_terms(images, tf.constant(seed, tf.int64), num_samples)
+        q = self.posterior_for(images, seed)
+        return self._compiled("terms", self._terms_fn)(
+            images, q.loc, q.scale.diag, tf.constant(seed, tf.int64), num_samples)
 
     def log_likelihood_estimate(self, images, seed, num_samples: int) -> tf.Tensor:
-        return self._eval_loglik(images, tf.constant(seed, tf.int64), num_samples)
+        q = self.posterior_for(images, seed)
+        return self._compiled("loglik", self._loglik_fn)(
+            images, q.loc, q.scale.diag, tf.constant(seed, tf.int64), num_samples)
 
-    def reconstruct(self, images) -> tf.Tensor:
+    def reconstruct(self, images, seed=(0, 0)) -> tf.Tensor:
         """E[y | z = posterior mean]: the reconstruction shown in figures."""
-        return self.model.likelihood.mean(self.model.decode(self.posterior(images).loc))
+        return self.model.likelihood.mean(self.model.decode(self.posterior_for(images, seed).loc))

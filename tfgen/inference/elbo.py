@@ -36,6 +36,11 @@ def gaussian_posterior(mean: tf.Tensor, log_variance: tf.Tensor) -> tfd.Multivar
     return tfd.MultivariateNormalDiag(loc=mean, scale_diag=tf.exp(0.5 * log_variance))
 
 
+def gaussian_posterior_from_scale(mean: tf.Tensor, scale: tf.Tensor) -> tfd.MultivariateNormalDiag:
+    """q(z) = N(mean, diag(scale^2))."""
+    return tfd.MultivariateNormalDiag(loc=mean, scale_diag=scale)
+
+
 def split_gaussian_params(encoder_output: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """An encoder's 2d outputs -> (mu, log sigma^2)."""
     mean, log_variance = tf.split(encoder_output, 2, axis=-1)

@@ -3,8 +3,8 @@
 Seed 000 (Kuntz, Lim & Johansen, "Particle algorithms for maximum likelihood training of
 latent variable models", neural latent variable model example).  The model is
 p_theta(x, y) = prod_m p(x^m) p_theta(y^m | x^m); PGA keeps N particles per training image,
-a cloud X = (X^{n,m}) of shape [M, N, d] held in a ``tf.Variable`` and initialised from the
-prior, and at every step k
+a cloud X = (X^{n,m}) of shape [M, N, d] held in the shared per-datapoint table
+(:class:`tfgen.inference.latents.LatentTable`) and initialised from the prior, and at every step k
 
     (2)  theta_{k+1} = theta_k + h M / (N M_B) lambda Lambda_k
                                  sum_n sum_{m in B_k} grad_theta log p_theta_k(X_k^{n,m}, y^m)
@@ -24,10 +24,11 @@ One step is one compiled function (``runtime.compile_step``): the theta gradient
 chunked particle update of the whole cloud (a ``tf.while_loop`` over fixed-size chunks of
 ``chunk_size`` images, so memory stays bounded and nothing retraces), then the RMSprop
 step.  The training images live in the scheme as a variable and are gathered by index;
-the cloud never leaves the device.  The Langevin noise comes from the run's stateful
-generator, which every checkpoint holds together with the cloud and the RMSprop slots,
-so a resumed run continues exactly (with the same ``train.compile``: XLA turns the same
-generator state into different normals than TensorFlow's kernels do).
+the cloud never leaves the device.  The Langevin move is the shared kernel
+(:func:`tfgen.inference.kernels.langevin_step`) with a stateless seed drawn from the run's
+stateful generator, which every checkpoint holds together with the cloud and the RMSprop
+slots, so a resumed run continues exactly (with the same ``train.compile``: XLA may turn
+the same seed into different normals than TensorFlow's kernels do).
 
 Batch norm.  The theta gradient runs the decoder in training mode (batch statistics over
 the M_B N particles of the batch, moving averages updated), as the reference does.  The
@@ -57,8 +58,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfgen.config import field
-from tfgen.errors import ConfigError
+from tfgen.inference import kernels
 from tfgen.inference.base import Scheme
+from tfgen.inference.capabilities import DecoderLikelihood, LatentSampler, PerDatapointLatents
+from tfgen.inference.latents import LatentTable
 from tfgen.registry import SCHEMES
 
 
@@ -82,20 +85,13 @@ class PGAConfig:
     summary_images: int = field(4, min=0, max=64, help="training images whose particles are "
                                                        "decoded into TensorBoard")
 
-    def check(self, cfg):
-        if cfg.data.val_split and cfg.train.early_stopping.patience:
-            raise ConfigError(cfg.source_file, "train.early_stopping.patience",
-                              "PGA has no q(z | y), so there is no validation loss to stop on",
-                              cfg.train.early_stopping.patience, "0 (or data.val_split = '' to "
-                              "stop on the training loss)")
-
 
 @SCHEMES.register("pga", config=PGAConfig)
-class PGA(Scheme):
+class PGA(Scheme, PerDatapointLatents, DecoderLikelihood, LatentSampler):
     """Particle gradient ascent: Langevin particle cloud + RMSprop on theta (seed 000, eqs. (2), (3))."""
 
-    has_posterior = False
-    has_latent_cloud = True
+    validation_metrics = ()  # no q(z | y): early stopping watches the training loss
+    monitor = "loss"
     default_evaluations = (
         {"task": "samples", "sampler": "particle_gaussian"},
         {"task": "samples", "sampler": "prior"},
@@ -109,7 +105,7 @@ class PGA(Scheme):
         # X_0 ~ p(x), shape [M, N, d]
         initial = model.prior.distribution().sample(
             [self.num_images, params.particles], seed=_stateless_seed(generator))
-        self.particle_cloud = tf.Variable(initial, trainable=False, name="particle_cloud")
+        self.latents = LatentTable(initial, name="particle_cloud")
         self.train_images = tf.Variable(data.train.images, trainable=False, name="train_images")
         # chunks of equal size (static shapes: no retracing, XLA-compatible); the last one is
         # padded by repeating the last image, whose extra gradients are dropped
@@ -135,7 +131,12 @@ class PGA(Scheme):
         self.theta_optimizer.learning_rate.assign(self.learning_rate_value())
 
     def checkpoint_items(self):
-        return {"particle_cloud": self.particle_cloud, "theta_optimizer": self.theta_optimizer}
+        return {"latents": self.latents, "theta_optimizer": self.theta_optimizer}
+
+    @property
+    def particle_cloud(self) -> tf.Variable:
+        """X, [M, N, d]: the rows of the per-datapoint table."""
+        return self.latents.values
 
     def latent_cloud(self) -> tf.Tensor:
         """The cloud as [M * N, d] (for the ``particle_gaussian`` sampler)."""
@@ -167,10 +168,9 @@ class PGA(Scheme):
                 "log_likelihood": -loss - log_prior}, grads
 
     def langevin_step(self, particles: tf.Tensor, drift: tf.Tensor) -> tf.Tensor:
-        """Eq. (3): X + h grad_x log p + sqrt(2h) W, W ~ N(0, I) from the run's generator."""
-        h = self.params.step_size
-        noise = self.generator.normal(tf.shape(particles), dtype=particles.dtype)
-        return particles + h * drift + math.sqrt(2.0 * h) * noise
+        """Eq. (3): X + h grad_x log p + sqrt(2h) W, W ~ N(0, I) seeded from the run's generator."""
+        return kernels.langevin_step(particles, drift, self.params.step_size,
+                                     kernels.seeds_from(self.generator))
 
     def update_all_particles(self) -> None:
         """Eq. (3) for all M N particles, in a while loop over equal chunks of images."""
@@ -187,14 +187,13 @@ class PGA(Scheme):
         _, drifts = tf.while_loop(lambda i, _: i < num_chunks, body, (tf.constant(0), drifts),
                                   parallel_iterations=1)
         drift = tf.reshape(drifts.stack(), [num_chunks * c, *shape[1:]])[: self.num_images]
-        self.particle_cloud.assign(self.langevin_step(cloud, drift))
+        self.latents.assign(self.langevin_step(cloud, drift))
 
     def update_batch_particles(self, images: tf.Tensor, indices: tf.Tensor,
                                batch_particles: tf.Tensor) -> None:
         """Eq. (3) for the batch's particles only (``particle_update = "batch"``)."""
         drift = self.log_joint_gradient(batch_particles, images)
-        self.particle_cloud.scatter_nd_update(indices[:, None],
-                                              self.langevin_step(batch_particles, drift))
+        self.latents.scatter(indices, self.langevin_step(batch_particles, drift))
 
     def apply_theta_gradient(self, grads) -> None:
         self.theta_optimizer.apply_gradients(zip(grads, self.model.theta))
@@ -205,7 +204,7 @@ class PGA(Scheme):
 
     def _replica_step(self, images, indices):
         images = self.data.transform_batch(images, self.generator)
-        batch_particles = tf.gather(self.particle_cloud, indices)  # X_k for B_k
+        batch_particles = self.latents.gather(indices)  # X_k for B_k
         out, grads = self.theta_gradient(images, batch_particles)  # at theta_k
         if self.params.particle_update == "all":
             self.update_all_particles()  # with theta_k

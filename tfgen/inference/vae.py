@@ -13,7 +13,10 @@ import dataclasses
 import tensorflow as tf
 
 from tfgen.config import Component, field
-from tfgen.inference.base import Scheme, make_optimizer
+from tfgen.data import Split
+from tfgen.evaluation.metrics import mean_elbo
+from tfgen.inference.base import PosteriorEstimates, Scheme, make_optimizer
+from tfgen.inference.capabilities import AmortizedPosterior
 from tfgen.inference.elbo import elbo_terms, gaussian_posterior, split_gaussian_params
 from tfgen.models.model import with_file
 from tfgen.models.networks import build_network
@@ -29,8 +32,11 @@ class VAEConfig:
 
 
 @SCHEMES.register("vae", config=VAEConfig)
-class VAE(Scheme):
+class VAE(Scheme, AmortizedPosterior, PosteriorEstimates):
     """Amortized variational inference with a Gaussian encoder (seed 001, task 1)."""
+
+    validation_metrics = ("elbo", "reconstruction", "kl", "loss")
+    monitor = "loss"  # -ELBO (seed 001 task 1c: early stopping on the negative ELBO)
 
     def __init__(self, params: VAEConfig, model, data, cfg, generator, strategy):
         d = model.latent_dim
@@ -45,6 +51,10 @@ class VAE(Scheme):
 
     def after_restore(self):
         self.optimizer.learning_rate.assign(self.cfg.train.learning_rate)
+
+    def validate(self, split: Split, seed: int) -> dict[str, float]:
+        terms = mean_elbo(self, split, 500, seed)
+        return {**terms, "loss": -terms["elbo"]}
 
     def posterior(self, images, training=False):
         return gaussian_posterior(*split_gaussian_params(self.encoder(images, training=training)))

@@ -1,0 +1,115 @@
+"""What a scheme can do, as small interfaces that tasks and samplers ask for.
+
+A scheme class inherits the interfaces it implements; nothing defaults to yes.  An
+evaluation task, a sampler or a test-time method that needs one names it with
+:func:`require`, which runs at config load time, so a config asking for something the
+scheme cannot do is refused before anything is built, naming both sides (the task and the
+scheme) and the schemes that would do.
+
+* :class:`DecoderLikelihood` -- a decoder and a likelihood p_theta(y | z): log densities of
+  images, decoded means, test-time fitting of latents.
+* :class:`LatentSampler` -- latents can be drawn for new images: z ~ p(z), decoded.
+* :class:`AmortizedPosterior` -- an encoder q_phi(z | y) for any image, in one pass.
+* :class:`Posterior` -- some Gaussian q(z | y) for any image: the encoder's, or one fitted at
+  test time (svi).  Gives the ELBO, the importance-sampled log-likelihood, reconstructions.
+* :class:`PerDatapointLatents` -- a table of latents per training image
+  (:class:`tfgen.inference.latents.LatentTable`), e.g. PGA's particle cloud.
+* :class:`LogLikelihood` -- an exact or estimated log p(y) for any image.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfgen.errors import ConfigError
+
+
+class Capability:
+    """Base of the capability interfaces; ``description`` is what error messages call it."""
+
+    description = "a capability"
+
+
+class DecoderLikelihood(Capability):
+    """p_theta(y | z) through ``self.model`` (a :class:`tfgen.models.model.GenerativeModel`)."""
+
+    description = "a decoder with a likelihood p(y | z)"
+    model: object
+
+
+class LatentSampler(Capability):
+    """Latents from the prior p(z) (and any sampler the scheme's state supports)."""
+
+    description = "a prior to sample latents from"
+
+
+class Posterior(Capability):
+    """A Gaussian q(z | y) for any batch of images."""
+
+    description = "a posterior q(z | y) (an encoder, or one fitted at test time)"
+
+    def posterior_for(self, images: tf.Tensor, seed: int):
+        """q(z | y) as a ``tfd.MultivariateNormalDiag`` over the batch (not differentiated)."""
+        raise NotImplementedError
+
+
+class AmortizedPosterior(Posterior):
+    """An encoder: q_phi(z | y) in one network pass."""
+
+    description = "an amortized posterior q(z | y) (an encoder)"
+
+    def posterior(self, images: tf.Tensor, training: bool = False):
+        raise NotImplementedError
+
+    def posterior_for(self, images, seed):
+        return self.posterior(images)
+
+
+class PerDatapointLatents(Capability):
+    """A :class:`~tfgen.inference.latents.LatentTable` of per-training-image latents."""
+
+    description = "per-datapoint latents"
+
+    def latent_cloud(self) -> tf.Tensor:
+        """The latents of all training images as points [n, d] (e.g. every particle)."""
+        raise NotImplementedError
+
+
+class LogLikelihood(Capability):
+    """An exact or estimated log p(y)."""
+
+    description = "a log-likelihood estimate"
+
+    def log_likelihood_estimate(self, images, seed, num_samples: int) -> tf.Tensor:
+        raise NotImplementedError
+
+
+def scheme_class(cfg):
+    from tfgen.registry import SCHEMES
+
+    return SCHEMES.get(cfg.inference.name).factory
+
+
+def schemes_with(capability: type[Capability]) -> list[str]:
+    """Registered schemes that implement a capability (for error messages)."""
+    from tfgen.registry import SCHEMES
+
+    return [e.name for e in SCHEMES.entries() if issubclass(e.factory, capability)]
+
+
+def has(cfg, capability: type[Capability]) -> bool:
+    return issubclass(scheme_class(cfg), capability)
+
+
+def require(cfg, capability: type[Capability], key: str, needed_by: str, given=...,
+            alternative: str = "") -> None:
+    """Refuse, at load time, a config whose ``needed_by`` needs what the scheme lacks."""
+    if has(cfg, capability):
+        return
+    others = schemes_with(capability)
+    allowed = (f"inference.scheme = {' or '.join(repr(n) for n in others)}" if others
+               else "no registered scheme has it")
+    if alternative:
+        allowed = f"{alternative}, or {allowed}"
+    raise ConfigError(cfg.source_file, key, f"{needed_by} needs {capability.description}, which "
+                      f"scheme {cfg.inference.name!r} does not have",
+                      cfg.inference.name if given is ... else given, allowed)
