@@ -56,6 +56,15 @@ class Likelihood(tf.Module):
         """log p(y | z) summed over pixels: shape = decoder_output's batch shape."""
         return self.distribution(decoder_output).log_prob(self.targets(images))
 
+    def log_prob_observed(self, decoder_output: tf.Tensor, images: tf.Tensor,
+                          observed: tf.Tensor) -> tf.Tensor:
+        """log p(y_O | z) = sum over observed pixels i in O of log p(y_i | z): the pixels are
+        conditionally independent given z, so marginalising the hidden ones drops their terms
+        (seed 001 task 4b).  ``observed`` [B, H, W] (1 = observed) applies to all channels."""
+        per_pixel = self._pixel_distribution(decoder_output).log_prob(self.targets(images))
+        weights = tf.cast(observed, per_pixel.dtype)[..., None]
+        return tf.reduce_sum(per_pixel * weights, axis=[-3, -2, -1])
+
     def targets(self, images: tf.Tensor) -> tf.Tensor:
         return images
 

@@ -34,6 +34,10 @@ class GenerativeModel(tf.Module):
         """log p_theta(y | z); z: [..., B, d], images: [B, H, W, C] -> [..., B]."""
         return self.likelihood.log_prob(self.decode(z, training), images)
 
+    def log_likelihood_observed(self, z: tf.Tensor, images: tf.Tensor, observed: tf.Tensor) -> tf.Tensor:
+        """log p_theta(y_O | z) over the observed pixels only (``observed`` [B, H, W]) -> [..., B]."""
+        return self.likelihood.log_prob_observed(self.decode(z), images, observed)
+
     def log_prior(self, z: tf.Tensor) -> tf.Tensor:
         return self.prior.distribution(z.dtype).log_prob(z)
 
