@@ -292,10 +292,14 @@ def test_config_rejects_particle_gaussian_without_a_cloud_and_posterior_tasks_fo
     assert err.value.key == "evaluate.sampler"
     pga = {"data": {"val_split": ""}, "model": {"likelihood": {"name": "normal"}},
            "inference": {"scheme": "pga"}}
-    for task in ["elbo", "reconstructions", "log_likelihood"]:
-        with pytest.raises(ConfigError) as err:
-            from_dict({**pga, "evaluate": [{"task": task}]})
-        assert "which scheme 'pga' does not have" in str(err.value) and "'vae'" in err.value.allowed
+    for task in ["elbo", "reconstructions", "log_likelihood"]:  # through a q fitted at test time
+        assert from_dict({**pga, "evaluate": [{"task": task}]}).evaluate[0].name == task
+    with pytest.raises(ConfigError) as err:
+        from_dict({**pga, "inference": {"scheme": "pga", "posterior_fit": {"method": "map"}}})
+    assert err.value.key == "inference.posterior_fit.method" and err.value.allowed == "'svi'"
+    with pytest.raises(ConfigError) as err:
+        from_dict({**pga, "inference": {"scheme": "pga", "posterior_fit": {"init": "encoder"}}})
+    assert err.value.key == "inference.posterior_fit.init" and "'vae'" in err.value.allowed
     defaults = [c.name for c in from_dict(pga).evaluate]  # scheme-dependent defaults
     assert "elbo" not in defaults and "inpainting" in defaults and "samples" in defaults
     assert [c.name for c in from_dict(base).evaluate] == ["elbo", "reconstructions", "samples", "curves"]

@@ -1,3 +1,1 @@
-"""Evaluation tasks (``[[evaluate]] task = ...``), registered by name."""
-from tfgen.evaluation import tasks  # noqa: F401
-from tfgen.evaluation import inpainting  # noqa: F401
+"""Evaluation tasks (``registry.load_components`` imports them), metrics, figures, samplers."""

@@ -1,3 +1,2 @@
-"""Inference schemes, one module each; importing this package registers them."""
-from tfgen.inference import vae  # noqa: F401
-from tfgen.inference import pga  # noqa: F401
+"""Inference schemes, one module each (``registry.load_components`` imports them), and the
+pieces they share: capabilities, per-datapoint latents, kernels, test-time fitting."""

@@ -40,7 +40,9 @@ import tensorflow_probability as tfp
 from tfgen.config import field
 from tfgen.evaluation.samplers import Sampler, check_sampler, sample_latents
 from tfgen.inference import kernels
+from tfgen.inference.base import PosteriorEstimates
 from tfgen.inference.capabilities import AmortizedPosterior, DecoderLikelihood, require
+from tfgen.inference.elbo import gaussian_posterior_from_scale
 from tfgen.inference.latents import LatentOptimizerConfig, RowOptimizer
 from tfgen.runtime import compile_step
 
@@ -247,3 +249,36 @@ def fill_hidden(images, observed, scheme) -> np.ndarray:
     """What an encoder sees of a partly observed image: hidden pixels at the range's low end."""
     low = scheme.data.pixel_range[0]
     return np.where(np.asarray(observed, bool)[..., None], images, np.float32(low)).astype(np.float32)
+
+
+class FittedPosterior(PosteriorEstimates):
+    """q(z | y) for schemes without an encoder: a diagonal Gaussian fitted to each image at
+    test time by ``svi`` (seed 001 task 4a), with the settings of the scheme's
+    ``posterior_fit`` table.  It gives them the ELBO, the importance-sampled log-likelihood
+    (the fitted q as proposal: still a bound in expectation) and reconstructions."""
+
+    def posterior_fitter(self) -> LatentFitter:
+        cache = self.__dict__.setdefault("_posterior_fitter", [])
+        if not cache:
+            cache.append(LatentFitter(self, self.params.posterior_fit, self.cfg.train.compile))
+        return cache[0]
+
+    def posterior_for(self, images, seed):
+        seed = np.asarray(seed, np.int64).reshape(-1)
+        fitted = self.posterior_fitter().fit(np.asarray(images), seed=int(seed[0] * 1_000_003 + seed[-1]))
+        return gaussian_posterior_from_scale(tf.constant(fitted.mean), tf.constant(fitted.scale))
+
+
+def posterior_fit_field(steps: int = 200, patience: int = 20):
+    """The ``posterior_fit`` key of an encoder-free scheme's config: svi fitting settings."""
+    return field(factory=lambda: FitConfig(method="svi", steps=steps, patience=patience),
+                 help="how q(z | y) is fitted to new images at test time (method 'svi')")
+
+
+def check_posterior_fit(config: FitConfig, cfg, key: str) -> None:
+    from tfgen.errors import ConfigError
+
+    if config.method != "svi":
+        raise ConfigError(cfg.source_file, f"{key}.method", "a posterior fit needs a Gaussian q",
+                          config.method, "'svi'")
+    config.check(cfg, key)

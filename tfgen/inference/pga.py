@@ -60,7 +60,9 @@ import tf_keras as keras
 from tfgen.config import field
 from tfgen.inference import kernels
 from tfgen.inference.base import Scheme
-from tfgen.inference.capabilities import DecoderLikelihood, LatentSampler, PerDatapointLatents
+from tfgen.inference.capabilities import PerDatapointLatents
+from tfgen.inference.fitting import (FitConfig, FittedPosterior, check_posterior_fit,
+                                     posterior_fit_field)
 from tfgen.inference.latents import LatentTable
 from tfgen.registry import SCHEMES
 
@@ -84,10 +86,14 @@ class PGAConfig:
                                    help="added to sqrt(v) in theta's RMSprop denominator")
     summary_images: int = field(4, min=0, max=64, help="training images whose particles are "
                                                        "decoded into TensorBoard")
+    posterior_fit: FitConfig = posterior_fit_field()
+
+    def check(self, cfg):
+        check_posterior_fit(self.posterior_fit, cfg, "inference.posterior_fit")
 
 
 @SCHEMES.register("pga", config=PGAConfig)
-class PGA(Scheme, PerDatapointLatents, DecoderLikelihood, LatentSampler):
+class PGA(Scheme, PerDatapointLatents, FittedPosterior):
     """Particle gradient ascent: Langevin particle cloud + RMSprop on theta (seed 000, eqs. (2), (3))."""
 
     validation_metrics = ()  # no q(z | y): early stopping watches the training loss
