@@ -1,6 +1,7 @@
-"""The ``tfgen`` command line: run, validate, list."""
+"""The ``tfgen`` command line: run, validate, complete, list."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import List, Optional
@@ -51,6 +52,52 @@ def _fail(err) -> None:
     raise typer.Exit(getattr(err, "exit_code", 2))
 
 
+@contextlib.contextmanager
+def _one_line_errors(debug: bool = False):
+    """Whatever goes wrong ends in one line per error on stderr and a non-zero exit code:
+    2 bad input or a refused run, 3 a diverged loss, 130 Ctrl-C, 1 a TensorFlow failure or a
+    bug.  ``debug`` (``--debug``) lets the exception through, with its traceback."""
+    try:
+        yield
+    except (typer.Exit, SystemExit):
+        raise
+    except BaseException as err:
+        if debug:
+            raise
+        import logging
+
+        # after the one line, nothing: TensorFlow's Python logger would otherwise warn at
+        # exit about objects it could not finish (e.g. the values of a refused checkpoint)
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        code, lines = _describe_failure(err)
+        for line in lines:
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(code) from None
+
+
+def _describe_failure(err: BaseException) -> tuple[int, list[str]]:
+    """(exit code, lines) for any exception that reaches the command line."""
+    from tfgen.errors import TfgenError
+
+    if isinstance(err, TfgenError):
+        return err.exit_code, err.lines()
+    if isinstance(err, KeyboardInterrupt):  # before training started (the runner reports later ones)
+        return 130, ["interrupted (Ctrl-C) before training started"]
+    import tensorflow as tf
+
+    if isinstance(err, tf.errors.OpError):
+        from tfgen.runner import describe_tf_error
+
+        text = f"{describe_tf_error(err)} before training started"
+    elif isinstance(err, MemoryError):  # e.g. NumPy, reading or transforming the data
+        text = ("ran out of memory before training started (MemoryError); lower data.subsample "
+                "or data.resize, or use smaller splits")
+    else:
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        text = f"unexpected {type(err).__name__}: {first} (a bug in tfgen?)"
+    return 1, [f"{text}; run again with --debug for the traceback"]
+
+
 @app.command()
 def run(
     config: Optional[str] = typer.Argument(None, help="The experiment's TOML file."),
@@ -60,21 +107,22 @@ def run(
                                               "checkpoint (its config.toml is used; --set may change it)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output (for CI)."),
     eager: bool = typer.Option(False, "--eager", help="Run every step eagerly, op by op (debugging)."),
+    debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of any failure "
+                                                      "(normally one line)."),
+    memory_check: bool = typer.Option(True, "--memory-check/--no-memory-check",
+                                      help="Refuse a configuration whose estimated memory need "
+                                           "exceeds the available memory (on by default)."),
 ) -> None:
     """Train and evaluate the experiment in CONFIG; writes runs/<name>/<timestamp>/."""
-    from tfgen.errors import TfgenError
-
     if (config is None) == (resume is None):
         _fail("give either a CONFIG file or --resume RUN_DIR")
-    try:
+    with _one_line_errors(debug):
         from tfgen import runtime
         from tfgen.runner import run as run_experiment
 
         if eager:
             runtime.force_eager(True)
-        run_experiment(config, set_, resume, quiet)
-    except TfgenError as err:
-        _fail(err)
+        run_experiment(config, set_, resume, quiet, memory_check)
 
 
 @app.command()
@@ -82,7 +130,8 @@ def validate(
     files: List[str] = typer.Argument(..., help="TOML files to check."),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
-    """Check experiment files without running them (exit 2 on the first bad one)."""
+    """Check experiment files without running them: every error of every file, one line each
+    (exit 2 if any file is bad)."""
     from tfgen.config import load_config
     from tfgen.errors import TfgenError
 
@@ -91,13 +140,95 @@ def validate(
         try:
             cfg = load_config(file, set_)
         except TfgenError as err:
-            typer.echo(f"error: {err}", err=True)
+            for line in err.lines():
+                typer.echo(f"error: {line}", err=True)
             failed = True
             continue
         typer.echo(f"ok: {file} (scheme {cfg.inference.name}, likelihood "
                    f"{cfg.model.likelihood.name}, decoder {cfg.model.decoder.name})")
     if failed:
         raise typer.Exit(2)
+
+
+#: the ``complete`` task's keys that ``tfgen complete`` sets through its own options
+COMPLETE_OPTIONS = {"mask": "--mask", "mask_file": "--mask-file", "fit.method": "--method",
+                    "num_images": "--num-images", "split": "--split", "fill": "--fill",
+                    "fit.steps": "--steps"}
+
+
+@app.command()
+def complete(
+    run_dir: str = typer.Argument(..., help="A finished run's directory, "
+                                            "<output_dir>/<name>/<timestamp>."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="The hidden pixels: center, "
+                                       "left_half, right_half, top_half, bottom_half, random or "
+                                       "file (default right_half: the left half observed, seed "
+                                       "001 task 4b)."),
+    mask_file: Optional[str] = typer.Option(None, "--mask-file", help="With --mask file: a .png "
+                                            "(white = hidden) or a .npy array (1 = hidden) of "
+                                            "the images' size."),
+    method: Optional[str] = typer.Option(None, "--method", help="svi, map, mle, langevin or "
+                                         "encoder (default svi)."),
+    num_images: Optional[str] = typer.Option(None, "--num-images",
+                                             help="The first N images of the split (default 10)."),
+    split: Optional[str] = typer.Option(None, "--split", help="train, val or test (default test)."),
+    fill: Optional[str] = typer.Option(None, "--fill", help="Hidden pixels from p(y_H | z): mean "
+                                       "or sample (default sample)."),
+    steps: Optional[str] = typer.Option(None, "--steps", help="At most this many fitting steps "
+                                        "(default 500)."),
+    set_: List[str] = typer.Option([], "--set", help="Any other key of the complete task (tfgen "
+                                   "list evaluations), read as TOML, e.g. --set fit.patience=0 "
+                                   "--set fit.optimizer.name=adam. Repeatable."),
+    debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of any failure."),
+) -> None:
+    """Complete partly hidden images with a finished run's decoder (any scheme): fit latents to
+    the observed pixels, fill the hidden ones; writes a figure to the run's figures/ and merges
+    the results, keyed with their settings, into its metrics.json."""
+    with _one_line_errors(debug):
+        from tfgen.config import apply_overrides
+        from tfgen.errors import ConfigError
+        from tfgen.runner import evaluate_run
+
+        task = {"task": "complete", **{key: value for key, value in
+                                       [("mask", mask), ("mask_file", mask_file), ("split", split),
+                                        ("fill", fill)] if value is not None}}
+        if method is not None:
+            task["fit"] = {"method": method}
+        typed = [f"{key}={value}" for key, value in [("num_images", num_images),
+                                                      ("fit.steps", steps)] if value is not None]
+        try:
+            apply_overrides(task, typed + list(set_))
+            key, entry = evaluate_run(run_dir, task, "tfgen complete")
+        except ConfigError as err:  # the task's keys are this command's options
+            raise ConfigError.combine([_as_option_error(e, "tfgen complete", COMPLETE_OPTIONS)
+                                       for e in getattr(err, "errors", [err])]) from None
+        typer.echo(_completion_summary(key, entry, run_dir))
+
+
+def _as_option_error(err, command: str, options: dict):
+    """An error in the command's [[evaluate]] table (``evaluate[0].<key>``), told as one in the
+    option that set the key."""
+    from tfgen.errors import ConfigError
+
+    prefix = "evaluate[0]."
+    if not (err.key or "").startswith(prefix):
+        return err
+    key = err.key[len(prefix):]
+    return ConfigError(command, options.get(key, f"--set {key}"), err.message, err.given,
+                       err.allowed)
+
+
+def _completion_summary(key: str, entry: dict, run_dir: str) -> str:
+    """One line: the settings, the measured errors and the fit, where the results went."""
+    results = entry["results"]
+    value = lambda suffix: next((v for k, v in results.items() if k.endswith(suffix)), None)
+    parts = [f"{label} {value(suffix):.4g}" for suffix, label in
+             [("_hidden_mse", "hidden-pixel MSE"), ("_observed_mse", "observed-pixel MSE"),
+              ("_objective_mean", "objective (nats, mean)"), ("_steps_mean", "steps (mean)"),
+              ("_fit_seconds", "fit seconds")] if value(suffix) is not None]
+    figure = entry["figures"][0] if entry["figures"] else "none"
+    metrics = os.path.join(run_dir, "metrics.json")
+    return f"{key}: {', '.join(parts)}; figure {figure}; results in {metrics}"
 
 
 @app.command("list")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import sys
 import typing
 from pathlib import Path
@@ -30,10 +31,15 @@ from tfgen.registry import ALL, load_components
 
 def field(default: Any = dataclasses.MISSING, *, help: str = "", min: float | None = None,
           max: float | None = None, gt: float | None = None, factory: Any = None,
-          registry: str | None = None, name_key: str = "name"):
-    """A dataclass field with validation metadata (range and registry)."""
+          registry: str | None = None, name_key: str = "name",
+          pattern: tuple[str, str, str] | None = None):
+    """A dataclass field with validation metadata (range, registry, a string's pattern).
+
+    ``pattern`` is (regular expression the whole string must match, the error message
+    when it does not, the allowed strings in words).
+    """
     meta = {"help": help, "min": min, "max": max, "gt": gt,
-            "registry": registry, "name_key": name_key}
+            "registry": registry, "name_key": name_key, "pattern": pattern}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -54,9 +60,18 @@ class Empty:
 
 # --------------------------------------------------------------------------- sections
 
+#: A run name is one folder name under output_dir: no separators, no '..', nothing hidden,
+#: no control characters, short enough for any file system with the timestamp below it.
+RUN_NAME = (r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9._-]{0,99}",
+            "not a valid run name (it names a folder under experiment.output_dir)",
+            "1 to 100 of the characters A-Z a-z 0-9 . _ -, not starting with '.' or '-', "
+            "no '..' (one folder name: no '/', '\\', spaces or control characters)")
+
+
 @dataclasses.dataclass
 class ExperimentConfig:
-    name: str = field("experiment", help="run directories go to <output_dir>/<name>/<timestamp>")
+    name: str = field("experiment", pattern=RUN_NAME,
+                      help="run directories go to <output_dir>/<name>/<timestamp>")
     seed: int = field(0, min=0, help="seeds TF, NumPy, data shuffling and subsampling")
     output_dir: str = field("runs", help="parent folder of run directories (relative to the cwd)")
     description: str = field("", help="free text, saved with the run")
@@ -143,11 +158,32 @@ class Config:
 # --------------------------------------------------------------------------- parsing
 
 class _Parser:
+    """Typed parsing of one config file that goes on after an error, so all are reported.
+
+    ``error`` raises, which abandons the value being parsed; ``dataclass`` (per key) and
+    array parsing (per item) catch it, record it in ``errors`` and go on with the next.  A value whose parse failed is ``FAILED``, and
+    so is every table or array holding one; ``raise_errors`` raises them all before
+    anything uses the half-built config.
+    """
+
     def __init__(self, file: str):
         self.file = file
+        self.errors: list[ConfigError] = []
 
     def error(self, key: str, message: str, given: Any = ..., allowed: str | None = None):
         raise ConfigError(self.file, key, message, given, allowed)
+
+    def attempt(self, parse: Any, *args: Any) -> Any:
+        """``parse(*args)``, or ``FAILED`` with its error recorded."""
+        try:
+            return parse(*args)
+        except ConfigError as err:
+            self.errors.append(err)
+            return FAILED
+
+    def raise_errors(self) -> None:
+        if self.errors:
+            raise ConfigError.combine(self.errors)
 
     def dataclass(self, cls: type, raw: Any, path: str, skip: tuple[str, ...] = ()):
         if not isinstance(raw, dict):
@@ -161,8 +197,8 @@ class _Parser:
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.error(_join(path, key), f"unknown key{hint}",
-                           allowed=", ".join(names) if names else "no keys")
+                self.attempt(self.error, _join(path, key), f"unknown key{hint}", ...,
+                             ", ".join(names) if names else "no keys")
         values = {}
         for f in fields:
             key = _join(path, f.name)
@@ -170,15 +206,25 @@ class _Parser:
             if meta.get("registry") and f.default_factory is not dataclasses.MISSING:
                 default = f.default_factory()
                 meta["default_name"] = default.name if isinstance(default, Component) else None
-            if f.name in raw:
-                values[f.name] = self.value(hints[f.name], raw[f.name], key, meta)
+            if (not meta.get("registry") and dataclasses.is_dataclass(hints[f.name])
+                    and f.default_factory not in (dataclasses.MISSING, hints[f.name])
+                    and isinstance(raw.get(f.name, {}), dict)):
+                # a table whose field has its own defaults (e.g. a scheme's cheaper
+                # posterior_fit): the keys given override those, not the class's
+                given = _over(to_dict(f.default_factory()), raw.get(f.name, {}))
+                values[f.name] = self.attempt(self.dataclass, hints[f.name], given, key)
+            elif f.name in raw:
+                values[f.name] = self.attempt(self.value, hints[f.name], raw[f.name], key, meta)
             elif f.metadata.get("registry") and f.default_factory is not dataclasses.MISSING:
                 # a defaulted component still gets its own params' defaults
-                values[f.name] = self.value(hints[f.name], f.default_factory(), key, meta)
+                values[f.name] = self.attempt(self.value, hints[f.name], f.default_factory(), key, meta)
             elif dataclasses.is_dataclass(hints[f.name]):
-                values[f.name] = self.dataclass(hints[f.name], {}, key)
+                values[f.name] = self.attempt(self.dataclass, hints[f.name], {}, key)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                self.error(key, "required key is missing")
+                self.attempt(self.error, key, "required key is missing")
+                values[f.name] = FAILED
+        if any(v is FAILED for v in values.values()):
+            return FAILED  # its errors are recorded; the table itself is never used
         return cls(**values)
 
     def value(self, tp: Any, raw: Any, key: str, meta: Any):
@@ -188,7 +234,7 @@ class _Parser:
             if origin is list:
                 if not isinstance(raw, list):
                     self.error(key, "expected an array of tables", raw)
-                return [self.component(item, f"{key}[{i}]", meta) for i, item in enumerate(raw)]
+                return self.items(raw, key, lambda item, item_key: self.component(item, item_key, meta))
             return self.component(raw, key, meta)
         if origin is typing.Union:  # Optional[X]
             inner = [a for a in args if a is not type(None)]
@@ -203,7 +249,7 @@ class _Parser:
         if origin is list:
             if not isinstance(raw, list):
                 self.error(key, "expected an array", raw)
-            return [self.value(args[0], item, f"{key}[{i}]", meta) for i, item in enumerate(raw)]
+            return self.items(raw, key, lambda item, item_key: self.value(args[0], item, item_key, meta))
         if dataclasses.is_dataclass(tp):
             return self.dataclass(tp, raw, key)
         if tp is bool:
@@ -225,8 +271,16 @@ class _Parser:
         if tp is str:
             if not isinstance(raw, str):
                 self.error(key, "expected a string", raw)
+            self.check_text(key, raw, meta)
             return raw
         raise TypeError(f"config type {tp!r} at {key} is not supported")  # programming error
+
+    def items(self, raw: list, key: str, parse: Any) -> list:
+        """An array's items, each parsed on its own (so each bad item is reported)."""
+        out = [self.attempt(parse, item, f"{key}[{i}]") for i, item in enumerate(raw)]
+        if any(v is FAILED for v in out):
+            return FAILED
+        return out
 
     def check_range(self, key: str, raw: float, meta: Any) -> None:
         lo, hi, gt = meta.get("min"), meta.get("max"), meta.get("gt")
@@ -236,6 +290,16 @@ class _Parser:
             self.error(key, "out of range", raw, _range_text(lo, hi, gt))
         if gt is not None and raw <= gt:
             self.error(key, "out of range", raw, _range_text(lo, hi, gt))
+
+    def check_text(self, key: str, raw: str, meta: Any) -> None:
+        # A lone surrogate (from undecodable bytes in a --set argument) cannot be written to
+        # the run's config.toml as UTF-8 or as a TOML escape, so it would not survive a resume.
+        if any("\ud800" <= ch <= "\udfff" for ch in raw):
+            self.error(key, "not valid Unicode text (a lone surrogate; undecodable bytes?)", raw,
+                       "text that can be written as UTF-8")
+        pattern = meta.get("pattern")
+        if pattern is not None and not re.fullmatch(pattern[0], raw):
+            self.error(key, pattern[1], raw, pattern[2])
 
     def component(self, raw: Any, key: str, meta: Any) -> Component:
         registry = ALL[meta["registry"]]
@@ -257,11 +321,24 @@ class _Parser:
                        ", ".join(repr(n) for n in registry.names()))
         entry = registry.get(name)
         params = self.dataclass(entry.config_cls or Empty, raw, key, skip=(name_key,))
-        return Component(name, params)
+        return FAILED if params is FAILED else Component(name, params)
+
+
+#: Stands for a value whose parse failed (its error is recorded in the parser).
+FAILED: Any = type("Failed", (), {"__repr__": lambda self: "FAILED"})()
 
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def _over(defaults: dict, given: dict) -> dict:
+    """``given`` laid over ``defaults``, table by table."""
+    out = dict(defaults)
+    for key, value in given.items():
+        out[key] = (_over(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict)
+                    else value)
+    return out
 
 
 def _range_text(lo, hi, gt) -> str:
@@ -335,16 +412,19 @@ def read_toml(path: str | Path) -> dict:
 def from_dict(raw: dict, file: str = "<config>") -> Config:
     load_components()
     raw = dict(raw)
-    cfg = _Parser(file).dataclass(Config, raw, "")
+    parser = _Parser(file)
+    cfg = parser.dataclass(Config, raw, "")
+    parser.raise_errors()  # every key's error at once; the checks below need a typed config
     cfg.source_file = file
     if "evaluate" not in raw:
-        # each scheme may name its own defaults (task names or tables), e.g. PGA has no q(z|y)
+        # each scheme names its own defaults (task names or tables)
         scheme_cls = ALL["schemes"].get(cfg.inference.name).factory
         defaults = scheme_cls.default_evaluations
-        cfg.evaluate = [_Parser(file).component(dict(t) if isinstance(t, dict) else {"task": t},
-                                                f"evaluate[{i}]",
-                                                {"registry": "evaluations", "name_key": "task"})
+        cfg.evaluate = [parser.component(dict(t) if isinstance(t, dict) else {"task": t},
+                                         f"evaluate[{i}]",
+                                         {"registry": "evaluations", "name_key": "task"})
                         for i, t in enumerate(defaults)]
+        parser.raise_errors()
     _cross_check(cfg)
     return cfg
 
@@ -357,18 +437,27 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 def _cross_check(cfg: Config) -> None:
     """Checks that span sections; each component may add its own ``check(cfg)``, and the
-    scheme class its ``check_config(cfg)``."""
-    ALL["schemes"].get(cfg.inference.name).factory.check_config(cfg)
+    scheme class its ``check_config(cfg)``.  The checks are independent: all of them run,
+    and their errors are raised together."""
+    checks = [ALL["schemes"].get(cfg.inference.name).factory.check_config]
     for comp in [cfg.model.prior, cfg.model.decoder, cfg.model.likelihood, cfg.inference,
                  *cfg.evaluate]:
         check = getattr(comp.params, "check", None)
         if check is not None:
-            check(cfg)
+            checks.append(check)
     for comp in [cfg.inference]:
         for sub in dataclasses.fields(comp.params):
             value = getattr(comp.params, sub.name)
             if isinstance(value, Component) and hasattr(value.params, "check"):
-                value.params.check(cfg)
+                checks.append(value.params.check)
+    errors = []
+    for check in checks:
+        try:
+            check(cfg)
+        except ConfigError as err:
+            errors.append(err)
+    if errors:
+        raise ConfigError.combine(errors)
 
 
 # --------------------------------------------------------------------------- writing
@@ -396,18 +485,24 @@ def to_dict(obj: Any, name_key: str = "name") -> Any:
 
 
 def dumps_toml(data: dict) -> str:
-    """A small TOML writer for the config's shapes (tables, arrays of tables, scalars)."""
+    """A small TOML writer for the config's shapes (tables, arrays of tables, scalars).
+
+    Every string and key is written so that ``tomllib.loads`` gives it back unchanged
+    (control characters escaped as TOML requires); tested with random values.
+    """
     lines: list[str] = []
 
     def scalar(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, (int, float)):
-            return repr(v)
+            return repr(v)  # TOML reads Python's int and float reprs, inf and nan included
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+            return _toml_string(v)
         if isinstance(v, list):
             return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, dict):  # a table inside an array of values
+            return "{" + ", ".join(f"{_toml_key(k)} = {scalar(x)}" for k, x in v.items()) + "}"
         raise TypeError(type(v))
 
     def is_table(v: Any) -> bool:
@@ -416,24 +511,50 @@ def dumps_toml(data: dict) -> str:
     def is_table_array(v: Any) -> bool:
         return isinstance(v, list) and v and all(isinstance(x, dict) for x in v)
 
-    def emit(table: dict, prefix: str, header: str | None) -> None:
+    def emit(table: dict, prefix: str, header: str | None, always_header: bool = False) -> None:
         simple = {k: v for k, v in table.items() if not is_table(v) and not is_table_array(v)}
-        if header is not None and (simple or not any(is_table(v) for v in table.values())):
+        if header is not None and (always_header or simple
+                                   or not any(is_table(v) for v in table.values())):
             lines.append("")
             lines.append(header)
         for k, v in simple.items():
-            lines.append(f"{k} = {scalar(v)}")
+            lines.append(f"{_toml_key(k)} = {scalar(v)}")
         for k, v in table.items():
             if is_table(v):
-                name = f"{prefix}{k}"
+                name = f"{prefix}{_toml_key(k)}"
                 emit(v, name + ".", f"[{name}]")
         for k, v in table.items():
             if is_table_array(v):
+                name = f"{prefix}{_toml_key(k)}"
                 for item in v:
-                    emit(item, f"{prefix}{k}.", f"[[{prefix}{k}]]")
+                    # each element needs its own header, even one holding only sub-tables
+                    emit(item, name + ".", f"[[{name}]]", always_header=True)
 
     emit(data, "", None)
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
+                 "\r": "\\r"}
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: the short escapes, and \\uXXXX for the other control characters
+    (U+0000..U+001F and U+007F may not appear raw); everything else is written as it is."""
+    out = []
+    for ch in text:
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif ch < " " or ch == "\x7f":
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_key(key: str) -> str:
+    """A bare key where TOML allows one, else a quoted key."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_string(key)
 
 
 def describe_fields(cls: type) -> list[tuple[str, str, str]]:

@@ -11,6 +11,10 @@ class TfgenError(Exception):
 
     exit_code = 2
 
+    def lines(self) -> list[str]:
+        """The message as the CLI prints it: one line per error."""
+        return [str(self)]
+
 
 class ConfigError(TfgenError):
     """A config value is wrong: names the file, key path, value and what is allowed."""
@@ -18,26 +22,90 @@ class ConfigError(TfgenError):
     def __init__(self, file: str | None, key: str | None, message: str,
                  given: object = ..., allowed: str | None = None):
         self.file, self.key, self.message, self.given, self.allowed = file, key, message, given, allowed
-        parts = [f"{file or '<config>'}"]
-        if key:
-            parts[0] += f": {key}"
-        text = f"{parts[0]}: {message}"
-        if given is not ...:
-            text += f"; given {given!r}"
-        if allowed:
-            text += f"; allowed: {allowed}"
-        super().__init__(text)
+        super().__init__(self._line())
+
+    def _line(self) -> str:
+        text = f"{self.file or '<config>'}"
+        if self.key:
+            text += f": {self.key}"
+        text = f"{text}: {self.message}"
+        if self.given is not ...:
+            text += f"; given {self.given!r}"
+        if self.allowed:
+            text += f"; allowed: {self.allowed}"
+        return text
 
     def in_file(self, file: str) -> "ConfigError":
         """The same error, attributed to ``file`` (for errors found while building)."""
         return ConfigError(file, self.key, self.message, self.given, self.allowed)
+
+    @staticmethod
+    def combine(errors: list["ConfigError"]) -> "ConfigError":
+        """One error to raise for ``errors`` (non-empty): itself if alone, else :class:`ConfigErrors`."""
+        return errors[0] if len(errors) == 1 else ConfigErrors(errors)
+
+
+class ConfigErrors(ConfigError):
+    """Several errors found in one pass over a config, so a user fixes them all at once.
+
+    A ConfigError itself (its fields are the first error's), so callers that catch
+    one error keep working; ``errors`` holds them all, and the message has one line each.
+    """
+
+    def __init__(self, errors: list[ConfigError]):
+        self.errors = [e for err in errors for e in getattr(err, "errors", [err])]
+        first = self.errors[0]
+        self.file, self.key, self.message, self.given, self.allowed = (
+            first.file, first.key, first.message, first.given, first.allowed)
+        TfgenError.__init__(self, "\n".join(e._line() for e in self.errors))
+
+    def in_file(self, file: str) -> "ConfigError":
+        return ConfigErrors([e.in_file(file) for e in self.errors])
+
+    def lines(self) -> list[str]:
+        return [str(e) for e in self.errors]
 
 
 class DataError(TfgenError):
     """A data set cannot be found or read."""
 
 
+class DataFileError(DataError):
+    """A data file exists but cannot be used: names the file (and array), the problem and the fix.
+
+    ``within`` adds the config file and key that led to the data file, so the message
+    reads like a ConfigError's: ``exp.toml: data.path: /d/x.npz: array 'x_train': ...``.
+    """
+
+    def __init__(self, path: object, problem: str, fix: str, array: str | None = None,
+                 context: str | None = None):
+        self.path, self.problem, self.fix, self.array, self.context = path, problem, fix, array, context
+        where = f"{path}" + (f": array {array!r}" if array else "")
+        super().__init__((f"{context}: " if context else "") + f"{where}: {problem}; {fix}")
+
+    def within(self, file: str, key: str) -> "DataFileError":
+        if self.context:
+            return self
+        return DataFileError(self.path, self.problem, self.fix, self.array, f"{file}: {key}")
+
+
 class TrainingDiverged(TfgenError):
     """The loss became NaN or infinite."""
 
     exit_code = 3
+
+
+class CheckpointError(TfgenError):
+    """A run's checkpoints cannot be used: names the damaged or missing files."""
+
+
+class ResourceError(TfgenError):
+    """A configuration needs more memory than the machine has (refused before anything is
+    allocated): gives the estimate, the available memory and the keys to change."""
+
+
+class RunFailed(TfgenError):
+    """TensorFlow failed during a run (out of memory, an invalid argument ...): names what
+    failed and the run directory."""
+
+    exit_code = 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from tfgen.config import Config, dumps_toml, to_dict
+from tfgen.errors import ConfigError
 
 PACKAGES = ("tfgen", "tensorflow", "tensorflow-probability", "tf-keras", "tensorflow-datasets",
             "tensorboard", "typer", "numpy")
@@ -48,42 +50,99 @@ def git_commit() -> dict[str, str | None]:
 
 
 def create_run_dir(cfg: Config) -> Path:
-    """A new, empty directory; a clash gets a numeric suffix, nothing is overwritten."""
-    parent = Path(cfg.experiment.output_dir) / cfg.experiment.name
-    parent.mkdir(parents=True, exist_ok=True)
+    """A new, empty directory; a clash gets a numeric suffix, nothing is overwritten.
+
+    It is always ``<output_dir>/<name>/<timestamp>``: the name is checked at load time
+    (one folder name), and the resolved path is checked here again before anything is
+    created, which also catches a ``<name>`` folder that is a symbolic link to elsewhere.
+    """
+    output_dir = Path(cfg.experiment.output_dir)
+    parent = output_dir / cfg.experiment.name
+    root, resolved = output_dir.resolve(), parent.resolve()
+    if resolved.parent != root:
+        raise ConfigError(cfg.source_file, "experiment.name",
+                          f"the run folder would be {resolved}, not a folder directly in "
+                          f"experiment.output_dir ({root})", cfg.experiment.name,
+                          "one folder name that is not a symbolic link out of experiment.output_dir")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for i in range(1000):
-        path = parent / (stamp if i == 0 else f"{stamp}-{i}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for i in range(1000):
+            path = parent / (stamp if i == 0 else f"{stamp}-{i}")
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as err:  # a file in the way, no permission, a read-only or full disk
+        raise ConfigError(cfg.source_file, "experiment.output_dir",
+                          f"cannot create a run directory in {parent} "
+                          f"({err.strerror or err.__class__.__name__})",
+                          cfg.experiment.output_dir, "a folder you can write to") from None
     raise RuntimeError(f"cannot create a fresh run directory under {parent}")
 
 
 def write_config(run_dir: Path, cfg: Config) -> None:
     header = (f"# Resolved config of this run (defaults filled, overrides applied).\n"
               f"# Source: {cfg.source_file}.  Run it again with: tfgen run {run_dir / CONFIG_NAME}\n")
-    (run_dir / CONFIG_NAME).write_text(header + dumps_toml(to_dict(cfg)))
+    atomic_write(run_dir / CONFIG_NAME, header + dumps_toml(to_dict(cfg)))
 
 
 def write_run_info(run_dir: Path, cfg: Config, overrides: list[str], resumed: bool) -> None:
     path = run_dir / RUN_INFO
-    info = json.loads(path.read_text()) if path.exists() else {}
     event = {"time": dt.datetime.now().isoformat(timespec="seconds"),
              "argv": sys.argv, "overrides": list(overrides), "resumed": resumed}
-    if not info:
-        info = {"created": event["time"], "source_config": cfg.source_file,
-                "seed": cfg.experiment.seed, "versions": package_versions(), "git": git_commit(),
-                "host": platform.node(), "sessions": []}
-    else:
-        info["versions_at_resume"] = package_versions()
-    info["sessions"].append(event)
-    path.write_text(json.dumps(info, indent=1))
+    info = {}
+    if path.exists():
+        try:
+            info = json.loads(path.read_text())
+            info["sessions"].append(event)
+            info["versions_at_resume"] = package_versions()
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            # a damaged run.json is no reason to refuse a resume that works: start it again
+            info = {"note": f"{RUN_INFO} could not be read at the resume of {event['time']}; "
+                            f"the earlier sessions are lost from it"}
+    if "sessions" not in info:
+        info.update({"created": event["time"], "source_config": cfg.source_file,
+                     "seed": cfg.experiment.seed, "versions": package_versions(),
+                     "git": git_commit(), "host": platform.node(), "sessions": [event]})
+    atomic_write(path, json.dumps(info, indent=1))
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:
-    tmp = run_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=1, default=float))
-    tmp.replace(run_dir / "metrics.json")
+    atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a kill leaves either the old or the new file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def open_run_dir(path: str, command: str = "--resume") -> Path:
+    """The run directory ``command`` (``--resume``, ``tfgen complete``) names, or a ConfigError
+    that says what ``path`` is instead (missing, a file, the folder of an experiment's runs, or
+    the output folder)."""
+    run_dir = Path(path)
+    if (run_dir / CONFIG_NAME).is_file():
+        return run_dir
+    hint = f"{command} takes a run directory, <output_dir>/<name>/<timestamp>"
+    if not run_dir.exists():
+        raise ConfigError(path, None, f"does not exist; {hint}")
+    if not run_dir.is_dir():
+        raise ConfigError(path, None, f"is a file, not a run directory; {hint}")
+    runs = sorted(p.name for p in run_dir.iterdir() if (p / CONFIG_NAME).is_file())
+    if runs:
+        shown = ", ".join(runs[-5:][::-1]) + (f" (newest 5 of {len(runs)})" if len(runs) > 5 else "")
+        use = "resume one with" if command == "--resume" else "e.g."
+        raise ConfigError(path, None, f"is a folder of runs, not a run directory; runs inside: "
+                                      f"{shown}; {use} {command} {run_dir / runs[-1]}")
+    names = sorted(p.parent.parent.name for p in run_dir.glob(f"*/*/{CONFIG_NAME}"))
+    if names:
+        raise ConfigError(path, None, f"is an output folder, not a run directory; experiments "
+                                      f"inside: {', '.join(dict.fromkeys(names))}; {hint}")
+    raise ConfigError(path, None, f"is not a run directory (it has no {CONFIG_NAME}); {hint}")

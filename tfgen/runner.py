@@ -1,20 +1,24 @@
 """Turns a validated config into a trained, evaluated run directory."""
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import tensorflow as tf
 
-from tfgen import runtime
-from tfgen.config import Config, load_config
+from tfgen import resources, runtime
+from tfgen.config import Config, from_dict, load_config, read_toml, to_dict
 from tfgen.data import DataBundle, load_data
-from tfgen.errors import ConfigError, TfgenError
+from tfgen.errors import CheckpointError, RunFailed, TfgenError
 from tfgen.evaluation.tasks import EvalContext
 from tfgen.models.model import build_model
 from tfgen.registry import EVALUATIONS, SCHEMES
-from tfgen.rundir import CONFIG_NAME, create_run_dir, write_config, write_metrics, write_run_info
-from tfgen.training import Interrupted, Progress, Trainer
+from tfgen.rundir import (CONFIG_NAME, create_run_dir, open_run_dir, write_config, write_metrics,
+                          write_run_info)
+from tfgen.training import Interrupted, InterruptFlag, Progress, Trainer
 
 
 def build(cfg: Config, data: DataBundle | None = None):
@@ -26,6 +30,10 @@ def build(cfg: Config, data: DataBundle | None = None):
     generator = runtime.apply_seed(cfg.experiment.seed)
     if data is None:
         data = load_data(cfg.data, cfg.experiment.seed, cfg.source_file)
+    for task in cfg.evaluate:  # checks that need the images' size (e.g. a mask file's)
+        check_data = getattr(task.params, "check_data", None)
+        if check_data is not None:
+            check_data(cfg, data)
     strategy = runtime.strategy(cfg.train.strategy)
     with strategy.scope():
         model = build_model(cfg, data.image_shape, data.pixel_range)
@@ -34,58 +42,113 @@ def build(cfg: Config, data: DataBundle | None = None):
     return data, scheme, generator
 
 
-def run(config_path: str | None, overrides: list[str], resume: str | None, quiet: bool) -> Path:
+def run(config_path: str | None, overrides: list[str], resume: str | None, quiet: bool,
+        memory_check: bool = True) -> Path:
+    """Train and evaluate; returns the run directory.
+
+    The order is what keeps a run directory safe: everything that can be refused (the config,
+    the data, the memory estimate, the checkpoint and whether it fits the config) is decided
+    before anything is written, so a refused run leaves no directory and a refused resume
+    leaves its directory byte for byte as it was.
+    """
     if resume:
-        run_dir = Path(resume)
-        config_file = run_dir / CONFIG_NAME
-        if not config_file.exists():
-            raise ConfigError(str(run_dir), None, "not a run directory (no config.toml)")
-        cfg = load_config(config_file, overrides)
+        run_dir = open_run_dir(resume)
+        cfg = load_config(run_dir / CONFIG_NAME, overrides)
     else:
         cfg = load_config(config_path, overrides)
     progress = Progress(cfg.logging.progress and not quiet)
-    data, scheme, generator = build(cfg)
-    if not resume:
+    data = load_data(cfg.data, cfg.experiment.seed, cfg.source_file)
+    memory = resources.check_memory(cfg, data) if memory_check else None  # before any variable
+    data, scheme, generator = build(cfg, data)
+    if resume:
+        trainer = Trainer(cfg, data, scheme, run_dir, progress, generator)
+        restored = trainer.restore()
+        if restored is None:
+            raise CheckpointError(f"{run_dir}: has no checkpoint to resume from (it was stopped "
+                                  f"before its first checkpoint); start it again with: tfgen run "
+                                  f"{run_dir / CONFIG_NAME}")
+    else:
         run_dir = create_run_dir(cfg)
+        trainer = Trainer(cfg, data, scheme, run_dir, progress, generator)
+    # the resume is known to work: from here on the run directory changes
     write_config(run_dir, cfg)
     write_run_info(run_dir, cfg, overrides, bool(resume))
     progress.message(f"run directory: {run_dir}\ndata: {data.description}; train {len(data.train)}"
                      f", val {len(data.val) if data.val else 0}, test {len(data.test) if data.test else 0}"
-                     f", images {data.image_shape}; compile: {runtime.resolve_compile(cfg.train.compile)}")
-    trainer = Trainer(cfg, data, scheme, run_dir, progress, generator)
+                     f", images {data.image_shape}; compile: {runtime.resolve_compile(cfg.train.compile)}"
+                     + (f"; memory: about {resources.format_bytes(memory.total)} estimated"
+                        if memory else ""))
     if resume:
-        if not trainer.restore():
-            raise ConfigError(str(run_dir), None, "has no checkpoint to resume from")
-        progress.message(f"resumed at step {int(trainer.step.numpy())}")
+        if restored.problems:
+            Progress.warn(f"{'; '.join(restored.problems)}; resumed from the newest intact "
+                          f"checkpoint, {restored.path} ({trainer.position()})")
+        else:
+            progress.message(f"resumed from {restored.path} ({trainer.position()})")
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     metrics = {"status": "running", "run_dir": str(run_dir)}
-    try:
-        with writer.as_default():
-            metrics["train"] = trainer.fit()
-            metrics["evaluation"] = evaluate(cfg, scheme, data, run_dir, trainer.history,
-                                             int(trainer.step.numpy()))
-        metrics["status"] = "completed"
-    except Interrupted as err:
-        metrics["status"] = f"interrupted: {err}"
-        raise
-    except TfgenError as err:
-        metrics["status"] = f"failed: {err}"
-        raise
-    except KeyboardInterrupt:  # a Ctrl-C after training, during evaluation
-        metrics["status"] = "interrupted during evaluation"
-        raise Interrupted(f"interrupted during evaluation; the trained state is in "
-                          f"{run_dir / 'checkpoints'}; evaluate again with: tfgen run --resume "
-                          f"{run_dir}") from None
-    except BaseException as err:
-        metrics["status"] = f"failed: {type(err).__name__}"
-        raise
-    finally:
-        writer.flush()
-        metrics["history"] = trainer.history
-        write_metrics(run_dir, metrics)
+    with InterruptFlag() as interrupt:  # Ctrl-C by phase: training, evaluation, stopping
+        try:
+            with writer.as_default():
+                metrics["train"] = trainer.fit(interrupt)
+                interrupt.phase = "evaluation"
+                metrics["evaluation"] = evaluate(cfg, scheme, data, run_dir, trainer.history,
+                                                 int(trainer.step.numpy()))
+            metrics["status"] = "completed"
+        except Interrupted as err:
+            metrics["status"] = f"interrupted: {err}"
+            raise
+        except TfgenError as err:
+            interrupt.phase = "stopping"
+            metrics["status"] = f"failed: {err}"
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C in training, or one in evaluation
+            phase = interrupt.interrupted_in or interrupt.phase
+            metrics["status"] = f"interrupted during {phase}"
+            raise Interrupted(_stopped_at_once(phase, run_dir, trainer.store.latest)) from None
+        except tf.errors.OpError as err:
+            phase, interrupt.phase = interrupt.phase, "stopping"
+            at = f" after step {int(trainer.step.numpy())}" if phase == "training" else ""
+            failure = RunFailed(f"{run_dir}: {describe_tf_error(err)} during {phase}{at}; the "
+                                f"last checkpoint is {trainer.store.latest or 'none'}")
+            metrics["status"] = f"failed: {failure}"
+            raise failure from err
+        except BaseException as err:
+            interrupt.phase = "stopping"
+            metrics["status"] = f"failed: {type(err).__name__}: {err}"
+            raise
+        finally:
+            writer.flush()
+            metrics["history"] = trainer.history
+            write_metrics(run_dir, metrics)
     progress.message("evaluation: " + json.dumps(metrics["evaluation"], default=float))
     progress.message(f"done: {run_dir}")
     return run_dir
+
+
+def _stopped_at_once(phase: str, run_dir: Path, last: str | None) -> str:
+    if phase == "evaluation":
+        return (f"interrupted during evaluation; the trained state is in {last}; evaluate "
+                f"again with: tfgen run --resume {run_dir}")
+    text = (f"interrupted during training by a second Ctrl-C (stopped at once, without a "
+            f"checkpoint); the last checkpoint is {last or 'none'}; ")
+    return text + (f"continue with: tfgen run --resume {run_dir}" if last else
+                   f"start again with: tfgen run {run_dir / CONFIG_NAME}")
+
+
+def describe_tf_error(err: tf.errors.OpError) -> str:
+    """One line: what ran out or failed, in TensorFlow's words (its message's telling line)."""
+    # TensorFlow's message: "Graph execution error:", where it was defined (File ... lines),
+    # the error itself, then "[[{{node ...}}]]"; an OOM names the tensor it could not allocate
+    lines = [line.strip() for line in (err.message or "").splitlines() if line.strip()]
+    telling = [line for line in lines if "OOM" in line or "llocat" in line]
+    telling = telling or [line for line in lines if not line.startswith(
+        ("Graph execution error", "Detected at node", "File ", "[[", "Stack trace", "Hint:"))]
+    detail = (telling[0] if telling else lines[-1] if lines else "")[:300]
+    kind = type(err).__name__
+    if isinstance(err, tf.errors.ResourceExhaustedError):
+        return (f"TensorFlow ran out of memory ({kind}: {detail}); lower train.batch_size, "
+                f"inference.chunk_size or the evaluation batch sizes")
+    return f"TensorFlow failed ({kind}: {detail})"
 
 
 def evaluate(cfg: Config, scheme, data, run_dir: Path, history: list, step: int) -> dict:
@@ -97,3 +160,108 @@ def evaluate(cfg: Config, scheme, data, run_dir: Path, history: list, step: int)
         if isinstance(value, float):
             tf.summary.scalar(f"eval/{key}", value, step=step)
     return results
+
+
+# --------------------------------------------------------------------------- a finished run
+
+#: where metrics.json keeps the results of evaluations run on a finished run (tfgen complete)
+AFTER_RUN = "evaluations_after_run"
+
+
+class OpenedRun(NamedTuple):
+    run_dir: Path
+    cfg: Config
+    data: DataBundle
+    scheme: object
+    step: int
+    weights: str  # the checkpoint the weights came from
+    history: list
+
+
+def open_run(run_dir: str, tasks: list[dict] | None = None,
+             command: str = "tfgen eval") -> OpenedRun:
+    """A finished run, ready to be evaluated again: its config (with ``tasks``, raw
+    ``[[evaluate]]`` tables, in place of its own), data and scheme, with the weights its own
+    evaluation used -- the best checkpoint if early stopping kept the best weights, else the
+    newest intact one (restored by the trainer's own entry points).  Writes nothing."""
+    path = open_run_dir(run_dir, command)
+    config_file = path / CONFIG_NAME
+    cfg = load_config(config_file)  # the run's own config errors name its file
+    if tasks is not None:
+        raw = read_toml(config_file)
+        raw["evaluate"] = tasks
+        cfg = from_dict(raw, str(config_file))
+    data, scheme, generator = build(cfg)
+    trainer = Trainer(cfg, data, scheme, path, Progress(False), generator)
+    restored = trainer.restore()
+    if restored is None:
+        raise CheckpointError(f"{path}: has no checkpoint to evaluate (the run was stopped "
+                              f"before its first checkpoint)")
+    weights = restored.path
+    stopping = cfg.train.early_stopping
+    if stopping.patience and stopping.restore_best and trainer.best_store.latest:
+        trainer.restore_best()
+        weights = trainer.best_store.latest
+    return OpenedRun(path, cfg, data, scheme, int(trainer.step.numpy()), weights, trainer.history)
+
+
+def evaluate_run(run_dir: str, task: dict, command: str) -> tuple[str, dict]:
+    """Run one evaluation task (a raw ``[[evaluate]]`` table) on a finished run and merge its
+    results into the run's metrics.json under ``evaluations_after_run``, keyed by the task
+    and its settings (:func:`settings_key`) so that other settings do not overwrite them;
+    its figures are tagged with a hash of that key.  Returns (key, entry).
+
+    Everything that can be refused (the run directory, the task's keys, the data, the
+    checkpoint, an unreadable metrics.json) is refused before the run directory changes."""
+    opened = open_run(run_dir, [task], command)
+    metrics_file = opened.run_dir / "metrics.json"
+    read_run_metrics(metrics_file)
+    component = opened.cfg.evaluate[0]
+    key = settings_key(component)
+    ctx = EvalContext(opened.cfg, opened.scheme, opened.data, opened.run_dir, opened.history,
+                      opened.step, figure_tag=hashlib.sha1(key.encode()).hexdigest()[:8])
+    results = EVALUATIONS.get(component.name).factory(component.params, ctx) or {}
+    entry = {"task": component.name, "settings": to_dict(component, "task"),
+             "results": results, "step": opened.step, "weights": opened.weights,
+             "figures": [str(p) for p in ctx.figures],
+             "time": dt.datetime.now().isoformat(timespec="seconds")}
+    metrics = read_run_metrics(metrics_file)  # as it is now: nothing in it is dropped
+    metrics.setdefault(AFTER_RUN, {})[key] = entry
+    write_metrics(opened.run_dir, metrics)
+    return key, entry
+
+
+def read_run_metrics(path: Path) -> dict:
+    """A run's metrics.json ({} if there is none); one that cannot be read is refused, not
+    overwritten."""
+    if not path.exists():
+        return {}
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise TfgenError(f"{path}: cannot be read as JSON ({err}); it is left as it is (move it "
+                         f"away to start a new one)") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get(AFTER_RUN, {}), dict):
+        raise TfgenError(f"{path}: is not a tfgen metrics file (not a JSON object with an "
+                         f"'{AFTER_RUN}' object); it is left as it is")
+    return metrics
+
+
+def settings_key(component) -> str:
+    """``<task> key=value ...``: the keys the task's config lists in ``key_settings`` and every
+    key that differs from the task's defaults, in the config's order."""
+    params = component.params
+    values, defaults = _flatten(to_dict(params)), _flatten(to_dict(type(params)()))
+    shown = getattr(params, "key_settings", ())
+    return " ".join([component.name] + [f"{k}={v}" for k, v in values.items()
+                                        if k in shown or v != defaults.get(k)])
+
+
+def _flatten(table: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

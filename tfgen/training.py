@@ -3,8 +3,15 @@ checkpoints, NaN detection, Ctrl-C, resume.
 
 Python control flow lives here; the per-batch work is the scheme's compiled
 ``train_step``.  Everything needed to continue a run exactly -- weights,
-optimizer slots, scheme state (e.g. particles), the RNG state, the step and
-the early-stopping counters -- is in one ``tf.train.Checkpoint``.
+optimizer slots, scheme state (e.g. particles), the RNG state, the step, the
+early-stopping counters, the progress in epochs and images and the history --
+is in one ``tf.train.Checkpoint`` (written and read by :mod:`tfgen.checkpoints`).
+
+Progress is counted in epochs and images, never inferred from the step: an
+epoch's size in images is fixed when it starts and saved, so a run resumed
+with another ``train.batch_size`` finishes the epoch it was in from the same
+image (in batches of the new size) and counts the following epochs with the
+new size.
 """
 from __future__ import annotations
 
@@ -16,14 +23,15 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tfgen.checkpoints import CheckpointMismatch, CheckpointStore, NoIntactCheckpoint, Restored
 from tfgen.config import Config
 from tfgen.data import DataBundle, train_dataset
-from tfgen.errors import ConfigError, TfgenError, TrainingDiverged
+from tfgen.errors import CheckpointError, ConfigError, TfgenError, TrainingDiverged
 from tfgen.inference.capabilities import AmortizedPosterior
+from tfgen.rundir import atomic_write
 
 
 class Interrupted(TfgenError):
@@ -33,17 +41,34 @@ class Interrupted(TfgenError):
 
 
 class InterruptFlag:
-    """Turns the first Ctrl-C into a request honoured at the next safe point (after a step or
-    an epoch's bookkeeping), so a checkpoint is never taken half-way; a second Ctrl-C stops at once."""
+    """Ctrl-C (SIGINT) during a run, by phase.
+
+    ``training``: the first Ctrl-C is a request honoured at the next safe point (after a step
+    or an epoch's bookkeeping), so a checkpoint is never taken half-way; a second stops at
+    once.  ``evaluation``: a Ctrl-C stops at once.  ``stopping`` (the run is ending: its
+    checkpoint or error is decided, its metrics are being written): Ctrl-C is ignored, there
+    is nothing left to interrupt.  "Stops at once" is a KeyboardInterrupt, after which
+    ``interrupted_in`` names the phase it interrupted.
+    """
 
     def __init__(self):
         self.requested = False
+        self.phase = "training"
+        self.interrupted_in: str | None = None
         self._previous = None
 
     def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+        if self.phase == "stopping":
+            return
+        if self.phase == "training" and not self.requested:
+            self.requested = True
+            # said at once, whatever --quiet says: the user is waiting for the step to end
+            sys.stderr.write("Ctrl-C: stopping after this step with a checkpoint "
+                             "(Ctrl-C again to stop at once, without one)\n")
+            sys.stderr.flush()
+            return
+        self.interrupted_in, self.phase = self.phase, "stopping"
+        raise KeyboardInterrupt
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -88,6 +113,12 @@ class Progress:
             sys.stderr.write(text + "\n")
             sys.stderr.flush()
 
+    @staticmethod
+    def warn(text: str) -> None:
+        """A line the user must see, even with --quiet (e.g. a damaged checkpoint passed over)."""
+        sys.stderr.write(f"warning: {text}\n")
+        sys.stderr.flush()
+
 
 class Trainer:
     def __init__(self, cfg: Config, data: DataBundle, scheme, run_dir: Path, progress: Progress,
@@ -95,28 +126,38 @@ class Trainer:
         self.cfg, self.data, self.scheme, self.run_dir = cfg, data, scheme, run_dir
         self.model = scheme.model
         self.progress = progress
-        self.step = tf.Variable(0, dtype=tf.int64, name="step", trainable=False)
+        counter = lambda name, value=0: tf.Variable(value, dtype=tf.int64, name=name, trainable=False)
+        self.step = counter("step")  # optimizer steps (TensorBoard's x axis, checkpoint numbers)
         self.best_metric = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
-        self.best_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False)
-        self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.best_epoch = counter("best_epoch", -1)
+        self.bad_epochs = counter("bad_epochs")
+        # progress, in epochs and images: the batch size may change on resume
+        self.epoch = counter("epoch")  # epochs completed
+        self.epoch_images = counter("epoch_images")  # size of the epoch in progress (0: none)
+        self.images_in_epoch = counter("images_in_epoch")  # of it, trained on
+        self.batches_in_epoch = counter("batches_in_epoch")
+        self.images_seen = counter("images_seen")
+        self.batch_size = counter("batch_size", cfg.train.batch_size)  # of the saved progress
+        # the epoch in progress's running sums and the history, as JSON: a checkpoint that
+        # resumes also restores the history up to it
+        self.partial = tf.Variable("", dtype=tf.string, trainable=False)
+        self.history_json = tf.Variable("[]", dtype=tf.string, trainable=False)
         items = scheme.checkpoint_items()
         self.checkpoint = tf.train.Checkpoint(
             model=self.model, generator=generator, step=self.step, best_metric=self.best_metric,
-            best_epoch=self.best_epoch, bad_epochs=self.bad_epochs, **items)
+            best_epoch=self.best_epoch, bad_epochs=self.bad_epochs, epoch=self.epoch,
+            epoch_images=self.epoch_images, images_in_epoch=self.images_in_epoch,
+            batches_in_epoch=self.batches_in_epoch, images_seen=self.images_seen,
+            batch_size=self.batch_size, partial_epoch=self.partial, history=self.history_json,
+            **items)
         weights = {k: v for k, v in items.items() if not isinstance(v, keras.optimizers.Optimizer)}
         self.best_checkpoint = tf.train.Checkpoint(model=self.model, **weights)
         ckpt_dir = run_dir / "checkpoints"
-        self.manager = tf.train.CheckpointManager(self.checkpoint, str(ckpt_dir),
-                                                  max_to_keep=cfg.train.keep_checkpoints)
-        self.best_manager = tf.train.CheckpointManager(self.best_checkpoint, str(ckpt_dir / "best"),
-                                                       max_to_keep=1)
+        self.store = CheckpointStore(self.checkpoint, ckpt_dir, cfg.train.keep_checkpoints)
+        self.best_store = CheckpointStore(self.best_checkpoint, ckpt_dir / "best", 1)
+        self._unsaved = True  # training state changed since the last checkpoint
         self.history: list[dict] = []
         self.history_path = run_dir / "history.json"
-        self.partial_path = ckpt_dir / "partial_epoch.json"
-        n = len(data.train)
-        self.steps_per_epoch = math.ceil(n / cfg.train.batch_size)
-        if cfg.train.steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.steps_per_epoch)
         self._dataset_cache: dict = {}
         self.stopped_early = False
         # the scheme names what early stopping watches; on the validation split if it validates
@@ -124,111 +165,151 @@ class Trainer:
         self.monitor = f"{'val' if validating else 'train'}_{scheme.monitor}"
 
     # ------------------------------------------------------------------ state
-    def restore(self) -> bool:
-        latest = self.manager.latest_checkpoint
-        if latest is None:
-            return False
-        try:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        except (ValueError, AssertionError, tf.errors.OpError) as err:
-            first = str(err).strip().splitlines()[-1][:300]
-            raise ConfigError(str(self.run_dir), None,
-                              f"its checkpoint {latest} does not fit the config (was a model, "
-                              f"encoder or optimizer key changed with --set on resume?): {first}") from None
-        self.scheme.after_restore()
-        if self.history_path.exists():
-            done = int(self.step.numpy()) // self.steps_per_epoch
-            self.history = [h for h in json.loads(self.history_path.read_text()) if h["epoch"] <= done]
-        return True
+    def restore(self) -> Restored | None:
+        """Restore the newest intact checkpoint (None if the run has none); writes nothing.
 
-    def save(self, partial: dict | None = None) -> str:
-        path = self.manager.save(checkpoint_number=int(self.step.numpy()))
-        if partial is not None:
-            self.partial_path.write_text(json.dumps({"step": int(self.step.numpy()), **partial}))
-        elif self.partial_path.exists():
-            self.partial_path.unlink()
-        self.history_path.write_text(json.dumps(self.history, indent=1))
+        A damaged checkpoint is passed over (``Restored.problems`` names its files); one that
+        does not fit the objects built from today's config is a ConfigError."""
+        try:
+            restored = self.store.restore()
+        except NoIntactCheckpoint as err:
+            raise CheckpointError(f"{self.run_dir}: no checkpoint can be read, so the run cannot "
+                                  f"be resumed: {err}") from None
+        except CheckpointMismatch as err:
+            names = [name for name, _ in tf.train.list_variables(err.path)]
+            if not any(name.startswith("epoch/") for name in names):
+                raise CheckpointError(
+                    f"{self.run_dir}: its checkpoint {err.path} was written by an older tfgen, "
+                    f"which did not save its progress in epochs and images; start a new run "
+                    f"with: tfgen run {self.run_dir / 'config.toml'}") from None
+            raise ConfigError(str(self.run_dir), None,
+                              f"its checkpoint {err.path} does not fit the config (was a model, "
+                              f"encoder or optimizer key changed with --set on resume?): "
+                              f"{err.detail}") from None
+        if restored is None:
+            return None
+        self.scheme.after_restore()
+        self.history = json.loads(self.history_json.numpy().decode())
+        self._unsaved = False
+        return restored
+
+    def position(self) -> str:
+        """Where training stands, for messages: "step 8, epoch 3 at image 64 of 128"."""
+        epoch, done, size = (int(v.numpy()) for v in (self.epoch, self.images_in_epoch,
+                                                       self.epoch_images))
+        where = f"epoch {epoch + 1} at image {done} of {size}" if size else f"after epoch {epoch}"
+        text = f"step {int(self.step.numpy())}, {where}"
+        saved = int(self.batch_size.numpy())
+        if size and saved != self.cfg.train.batch_size:
+            text += (f"; the rest of epoch {epoch + 1} runs in batches of train.batch_size "
+                     f"{self.cfg.train.batch_size} (it was {saved})")
+        return text
+
+    def save(self) -> str:
+        """Checkpoint the training state (see tfgen.checkpoints: a kill cannot break it) and
+        write history.json; with nothing new since the last checkpoint, that one's path."""
+        if not self._unsaved and self.store.latest:
+            return self.store.latest
+        self.history_json.assign(json.dumps(self.history))
+        self.batch_size.assign(self.cfg.train.batch_size)
+        path = self.store.save(int(self.step.numpy()))
+        atomic_write(self.history_path, json.dumps(self.history, indent=1))
+        self._unsaved = False
         return path
 
     # ------------------------------------------------------------------ loop
-    def fit(self) -> dict:
+    def fit(self, interrupt: InterruptFlag | None = None) -> dict:
+        """Train up to ``train.epochs``; ``interrupt`` is the run's Ctrl-C handling (one of its
+        own if not given).  A Ctrl-C request ends it with a checkpoint and Interrupted."""
+        if interrupt is None:
+            with InterruptFlag() as own:
+                return self.fit(own)
         cfg = self.cfg
-        epochs = cfg.train.epochs
-        start_step = int(self.step.numpy())
-        start_epoch = start_step // self.steps_per_epoch
+        epochs, batch_size = cfg.train.epochs, cfg.train.batch_size
         wall_start = time.monotonic()
         images_seen = 0
         train_time = 0.0
-        if start_step == 0:
+        if int(self.step.numpy()) == 0:
             self._log_hparams()
-        with InterruptFlag() as interrupt:
-            for epoch in range(start_epoch, epochs):
-                if self.stopped_early or self._early_stop_due():
-                    self.stopped_early = True
-                    break
-                skip = int(self.step.numpy()) - epoch * self.steps_per_epoch
-                sums, count = self._load_partial(skip)
-                ds = train_dataset(self.data.train, cfg.train.batch_size, cfg.experiment.seed, epoch,
-                                   cfg.data, skip_batches=skip, cached=self._dataset_cache)
-                ds = ds.take(self.steps_per_epoch - skip)
-                window_start, window_images = time.monotonic(), 0
-                rate = 0.0
-                done = skip
-                for images, indices in ds:
-                    t0 = time.monotonic()
-                    out = self.scheme.train_step(images, indices)
-                    values = {k: float(v) for k, v in out.items()}
-                    train_time += time.monotonic() - t0
-                    step = int(self.step.assign_add(1).numpy())
-                    done += 1
-                    batch = int(images.shape[0])
-                    images_seen += batch
-                    window_images += batch
-                    if not math.isfinite(values["loss"]):
-                        self._diverged(values["loss"], step, epoch)
-                    for k, v in values.items():
-                        sums[k] = sums.get(k, 0.0) + v * batch
-                    count += batch
-                    if step % cfg.logging.every_steps == 0:
-                        elapsed = time.monotonic() - window_start
-                        rate = window_images / max(elapsed, 1e-9)
-                        self._log_step(values, step, rate)
-                        window_start, window_images = time.monotonic(), 0
-                    if step % cfg.logging.images_every_steps == 0:
-                        self._log_images(step)
-                    self.progress.update(epoch, epochs, done, self.steps_per_epoch, values["loss"],
-                                         rate or window_images / max(time.monotonic() - window_start, 1e-9),
-                                         step)
-                    if interrupt.requested and done < self.steps_per_epoch:
-                        self._interrupted(epoch, partial={"sums": sums, "count": count})
-                record = {"epoch": epoch + 1, "step": int(self.step.numpy())}
-                record.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
-                record.update(self.validate(epoch))
-                self.history.append(record)
-                self._log_epoch(record)
-                improved = self._update_early_stopping(record, epoch)
-                self.progress.update(epoch, epochs, done, self.steps_per_epoch,
-                                     record.get("train_loss", float("nan")), rate, record["step"], final=True)
-                self.progress.message("  " + "  ".join(f"{k} {v:.4g}" for k, v in record.items()
-                                                       if k not in ("epoch", "step")))
-                if improved:
-                    self.best_manager.save(checkpoint_number=epoch + 1)
-                if (epoch + 1) % cfg.train.checkpoint_every_epochs == 0 or epoch + 1 == epochs:
-                    self.save()
-                if interrupt.requested:
-                    self._interrupted(epoch)
-            else:
-                if self._early_stop_due():
-                    self.stopped_early = True
+        while int(self.epoch.numpy()) < epochs:
+            epoch = int(self.epoch.numpy())
+            if self.stopped_early or self._early_stop_due():
+                self.stopped_early = True
+                break
+            if int(self.epoch_images.numpy()) == 0:
+                self._start_epoch()
+            sums, count = self._partial_sums()
+            first = int(self.images_in_epoch.numpy())
+            left = int(self.epoch_images.numpy()) - first
+            done = int(self.batches_in_epoch.numpy())
+            total = done + math.ceil(left / batch_size)
+            window_start, window_images = time.monotonic(), 0
+            rate = 0.0
+            for images, indices in self._epoch_batches(epoch, first, left):
+                t0 = time.monotonic()
+                out = self.scheme.train_step(images, indices)
+                values = {k: float(v) for k, v in out.items()}
+                train_time += time.monotonic() - t0
+                step = int(self.step.assign_add(1).numpy())
+                batch = int(images.shape[0])
+                for counter, value in ((self.batches_in_epoch, 1), (self.images_in_epoch, batch),
+                                       (self.images_seen, batch)):
+                    counter.assign_add(value)
+                self._unsaved = True
+                done += 1
+                left -= batch
+                images_seen += batch
+                window_images += batch
+                if not math.isfinite(values["loss"]):
+                    self._diverged(values["loss"], step, epoch)
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v * batch
+                count += batch
+                if step % cfg.logging.every_steps == 0:
+                    elapsed = time.monotonic() - window_start
+                    rate = window_images / max(elapsed, 1e-9)
+                    self._log_step(values, step, rate)
+                    window_start, window_images = time.monotonic(), 0
+                if step % cfg.logging.images_every_steps == 0:
+                    self._log_images(step)
+                self.progress.update(epoch, epochs, done, total, values["loss"],
+                                     rate or window_images / max(time.monotonic() - window_start, 1e-9),
+                                     step)
+                if interrupt.requested and left > 0:
+                    self.partial.assign(json.dumps({"sums": sums, "count": count}))
+                    self._interrupted(interrupt)
+            record = {"epoch": epoch + 1, "step": int(self.step.numpy())}
+            record.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
+            record.update(self.validate(epoch))
+            self.history.append(record)
+            self._log_epoch(record)
+            improved = self._update_early_stopping(record, epoch)
+            self._end_epoch()
+            self.progress.update(epoch, epochs, done, total,
+                                 record.get("train_loss", float("nan")), rate, record["step"], final=True)
+            self.progress.message("  " + "  ".join(f"{k} {v:.4g}" for k, v in record.items()
+                                                   if k not in ("epoch", "step")))
+            if improved:
+                self.best_store.save(epoch + 1)
+            if (epoch + 1) % cfg.train.checkpoint_every_epochs == 0 or epoch + 1 == epochs:
+                self.save()
+            if interrupt.requested:
+                self._interrupted(interrupt)
+        else:
+            if self._early_stop_due():
+                self.stopped_early = True
         if self.stopped_early:
             self.progress.message(
                 f"early stopping: no improvement of {self.monitor} for "
                 f"{cfg.train.early_stopping.patience} epochs (best epoch {int(self.best_epoch.numpy()) + 1})")
         self.save()
+        if interrupt.requested:  # a Ctrl-C during the last save: stop before evaluating
+            self._interrupted(interrupt)
         if cfg.train.early_stopping.patience and cfg.train.early_stopping.restore_best:
             self.restore_best()
         wall = time.monotonic() - wall_start
         return {"epochs_completed": len(self.history), "steps": int(self.step.numpy()),
+                "images_seen": int(self.images_seen.numpy()),
                 "stopped_early": self.stopped_early,
                 "best_epoch": int(self.best_epoch.numpy()) + 1 if self.best_epoch.numpy() >= 0 else None,
                 "monitor": self.monitor,
@@ -236,16 +317,59 @@ class Trainer:
                 "wall_seconds_this_session": wall,
                 "images_per_second": images_seen / train_time if train_time else None}
 
-    def _interrupted(self, epoch: int, partial: dict | None = None):
-        path = self.save(partial=partial)
-        raise Interrupted(
-            f"interrupted at step {int(self.step.numpy())} (epoch {epoch + 1}); checkpoint "
-            f"{path}; continue with: tfgen run --resume {self.run_dir}")
+    def _start_epoch(self) -> None:
+        """Fix the size of the epoch about to start, in images (kept if the batch size changes)."""
+        n, cap = len(self.data.train), self.cfg.train.steps_per_epoch
+        self.epoch_images.assign(min(n, cap * self.cfg.train.batch_size) if cap else n)
+        for counter in (self.images_in_epoch, self.batches_in_epoch):
+            counter.assign(0)
+        self.partial.assign("")
+
+    def _end_epoch(self) -> None:
+        self.epoch.assign_add(1)
+        for counter in (self.epoch_images, self.images_in_epoch, self.batches_in_epoch):
+            counter.assign(0)
+        self.partial.assign("")
+        self._unsaved = True
+
+    def _epoch_batches(self, epoch: int, first: int, left: int) -> tf.data.Dataset:
+        """The ``left`` images of epoch ``epoch`` that follow its first ``first``, in batches.
+
+        The epoch's order is fixed by (seed, epoch); with whole batches of today's size this
+        is exactly the batches an uninterrupted run sees.  After a resume with another batch
+        size mid-epoch, the epoch continues from the same image in batches of the new size."""
+        cfg, n = self.cfg, len(self.data.train)
+        size = cfg.train.batch_size
+        if first % size == 0 and (left % size == 0 or first + left == n):
+            return train_dataset(self.data.train, size, cfg.experiment.seed, epoch, cfg.data,
+                                 skip_batches=first // size,
+                                 cached=self._dataset_cache).take(math.ceil(left / size))
+        ds = train_dataset(self.data.train, size, cfg.experiment.seed, epoch, cfg.data,
+                           cached=self._dataset_cache)
+        return ds.unbatch().skip(first).take(left).batch(size)
+
+    def _partial_sums(self) -> tuple[dict, int]:
+        """The running sums of the epoch in progress (from the checkpoint when resumed)."""
+        text = self.partial.numpy().decode()
+        if not text:
+            return {}, 0
+        partial = json.loads(text)
+        return dict(partial["sums"]), int(partial["count"])
+
+    def _interrupted(self, interrupt: InterruptFlag):
+        path = self.save()
+        interrupt.phase = "stopping"  # the checkpoint is written: a further Ctrl-C is moot
+        raise Interrupted(f"interrupted at {self.position()}; checkpoint {path}; continue with: "
+                          f"tfgen run --resume {self.run_dir}")
 
     def restore_best(self) -> None:
-        best = self.best_manager.latest_checkpoint
-        if best is not None:
-            self.best_checkpoint.restore(best).assert_existing_objects_matched()
+        try:
+            self.best_store.restore()
+        except NoIntactCheckpoint as err:
+            Progress.warn(f"the best weights cannot be read ({err}); evaluating the last ones")
+        except CheckpointMismatch as err:
+            raise CheckpointError(f"the best checkpoint {err.path} does not fit the model: "
+                                  f"{err.detail}") from None
 
     def validate(self, epoch: int) -> dict:
         if self.data.val is None or not self.scheme.validation_metrics:
@@ -254,13 +378,6 @@ class Trainer:
         return {f"val_{name}": values[name] for name in self.scheme.validation_metrics}
 
     # ------------------------------------------------------------------ helpers
-    def _load_partial(self, skip: int) -> tuple[dict, int]:
-        if skip and self.partial_path.exists():
-            partial = json.loads(self.partial_path.read_text())
-            if partial.get("step") == int(self.step.numpy()):
-                return dict(partial["sums"]), int(partial["count"])
-        return {}, 0
-
     def _early_stop_due(self) -> bool:
         patience = self.cfg.train.early_stopping.patience
         return bool(patience) and int(self.bad_epochs.numpy()) >= patience
@@ -278,8 +395,8 @@ class Trainer:
         return False
 
     def _diverged(self, value: float, step: int, epoch: int):
-        self.history_path.write_text(json.dumps(self.history, indent=1))
-        last = self.manager.latest_checkpoint
+        atomic_write(self.history_path, json.dumps(self.history, indent=1))
+        last = self.store.latest
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
         raise TrainingDiverged(
             f"training diverged: the loss became {value} at step {step} (epoch {epoch + 1}); "

@@ -28,6 +28,11 @@ class EvalContext:
     run_dir: Path
     history: list[dict]
     step: int
+    #: set when a finished run is evaluated again (``tfgen complete``): figure names get
+    #: ``_<tag>`` so that they do not overwrite the run's own
+    figure_tag: str = ""
+    #: the figure paths handed out, in order
+    figures: list[Path] = dataclasses.field(default_factory=list)
 
     @property
     def model(self):
@@ -41,7 +46,21 @@ class EvalContext:
         return split
 
     def figure(self, name: str) -> Path:
-        return self.run_dir / "figures" / name
+        if self.figure_tag:
+            stem, dot, suffix = name.rpartition(".")
+            name = f"{stem}_{self.figure_tag}{dot}{suffix}" if dot else f"{name}_{self.figure_tag}"
+        path = self.run_dir / "figures" / name
+        self.figures.append(path)
+        return path
+
+
+def task_key(cfg: Config, params) -> str:
+    """The key path of the ``[[evaluate]]`` entry whose params are ``params``, for messages:
+    ``evaluate[<i>]`` (``evaluate`` if it is not in the config's list)."""
+    for i, task in enumerate(cfg.evaluate):
+        if task.params is params:
+            return f"evaluate[{i}]"
+    return "evaluate"
 
 
 def _needs(cfg: Config, capability, task: str) -> None:
@@ -56,6 +75,8 @@ class ElboTaskConfig:
     split: SplitName = field("test")
     mc_samples: int = field(1, min=1, max=10000)
     batch_size: int = field(500, min=1)
+    max_images: int = field(0, min=0, help="0 = the whole split (a q fitted at test time costs "
+                                           "an optimisation per image)")
 
     def check(self, cfg):
         _needs(cfg, Posterior, "elbo")
@@ -65,7 +86,8 @@ class ElboTaskConfig:
 def elbo_task(params: ElboTaskConfig, ctx: EvalContext) -> dict:
     """Mean ELBO, reconstruction term and KL on a split (nats per image)."""
     split = ctx.split(params.split, "evaluate.split")
-    terms = mean_elbo(ctx.scheme, split, params.batch_size, ctx.cfg.experiment.seed, params.mc_samples)
+    terms = mean_elbo(ctx.scheme, split, params.batch_size, ctx.cfg.experiment.seed, params.mc_samples,
+                      params.max_images)
     return {f"{params.split}_{k}": v for k, v in terms.items()}
 
 

@@ -101,7 +101,7 @@ class PGA(Scheme, PerDatapointLatents, FittedPosterior):
     default_evaluations = (
         {"task": "samples", "sampler": "particle_gaussian"},
         {"task": "samples", "sampler": "prior"},
-        {"task": "inpainting", "split": "train", "sampler": "particle_gaussian"},
+        {"task": "inpainting", "split": "train", "fit": {"sampler": "particle_gaussian"}},
         "curves",
     )
 

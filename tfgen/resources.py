@@ -1,0 +1,392 @@
+"""The memory a configuration needs, estimated before anything is allocated, and the check
+that refuses what cannot fit.
+
+:func:`estimate` is a pure function of the config and the data's shape (:class:`DataShape`).
+Its parts:
+
+* the runtime: Python, TensorFlow, tf.data and the compiled steps (measured: the peak RSS of a
+  tiny run), more when XLA compiles;
+* resident for the whole run: every split as float32, the tf.data copy of the training set
+  (and its cache), the training images a scheme keeps on the device (PGA), the per-datapoint
+  state (PGA's cloud of M N d floats), the parameters with their gradients and optimizer slots;
+* the largest transient peak of one step or one evaluation batch: the activations of the
+  decoder (and encoder) for the examples processed at once -- a training batch (times the
+  Monte Carlo samples or particles), one chunk of the particle update with its temporaries
+  (three more clouds: the drift, the noise, the moved cloud), the validation batches and each
+  ``[[evaluate]]`` task's batch.
+
+Activations follow one documented rule, not a guess per network: the networks are built once
+in a scratch ``tf.Graph`` (nothing is allocated and the run's random seeds are not touched),
+called on 1 and on 2 examples, and the difference of the summed sizes of the float tensors
+that their convolutions, transposed convolutions, matrix products and batch norms output is
+the per-example size.  Other element-wise ops are fused or freed at once, except the
+likelihood's per-pixel terms, which count ``PIXEL_TENSORS`` tensors of the decoder's output
+size.  A pass with a backward pass (training, the particle update, inpainting) counts 3 x the
+network's tensors and 2 x the pixel terms (the forward tensors kept for the gradient, and the
+gradients); a forward pass 1 x.
+
+Measured against peak RSS (README, "What tfgen guarantees"), the estimate is within a factor of
+about 1.5 of the truth on the shipped experiments; the check refuses only what exceeds the
+memory available: ``MemAvailable`` plus what this process already holds, capped by the
+cgroup limit if one is set.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+
+from tfgen.config import Component, Config
+from tfgen.errors import ResourceError
+from tfgen.inference.capabilities import AmortizedPosterior, PerDatapointLatents, scheme_class
+
+FLOAT = 4  # bytes of a float32
+#: peak RSS of a tiny run (2-d latents, MLPs, 128 images), measured: Python, TensorFlow and
+#: its runtime, tf.data, the compiled steps
+RUNTIME_BYTES = 900 * 2**20
+#: what XLA's compiler adds (pga_quick under XLA against graph mode, measured)
+XLA_BYTES = 400 * 2**20
+BACKWARD_FACTOR = 3
+#: tensors of the decoder's output size that a log-density's element-wise terms materialise
+#: in graph mode (twice that with the backward pass): measured 22 KB per particle for an MLP
+#: decoder with 784 Bernoulli outputs, where the counted ops give 3 KB
+PIXEL_TENSORS = 3
+#: ops whose outputs are materialised tensors (contractions and normalisations)
+COUNTED_OPS = {"Conv2D", "Conv2DBackpropInput", "Conv3D", "DepthwiseConv2dNative", "MatMul",
+               "BatchMatMulV2", "BatchMatMulV3", "_FusedMatMul", "FusedBatchNormV3",
+               "FusedBatchNorm", "Einsum"}
+#: validation batch of the trainer (``Scheme.validate`` evaluates in batches of 500)
+VALIDATION_BATCH = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class DataShape:
+    """What the estimate needs to know about the data: split sizes and the image shape."""
+
+    train: int
+    val: int
+    test: int
+    image_shape: tuple[int, int, int]
+    pixel_range: tuple[float, float] = (0.0, 1.0)
+
+    @classmethod
+    def of(cls, data) -> "DataShape":
+        return cls(len(data.train), len(data.val) if data.val is not None else 0,
+                   len(data.test) if data.test is not None else 0, tuple(data.image_shape),
+                   tuple(data.pixel_range))
+
+    @property
+    def image_bytes(self) -> int:
+        return math.prod(self.image_shape) * FLOAT
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+    what: str
+    bytes: int
+    keys: tuple[str, ...] = ()  # the config keys that shrink it
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    runtime: int
+    resident: tuple[Term, ...]  # held for the whole run (they add up)
+    peaks: tuple[Term, ...]  # one at a time (the largest counts)
+
+    @property
+    def peak(self) -> Term:
+        return max(self.peaks, key=lambda t: t.bytes, default=Term("nothing", 0))
+
+    @property
+    def total(self) -> int:
+        return self.runtime + sum(t.bytes for t in self.resident) + self.peak.bytes
+
+    def largest(self, count: int = 3) -> list[Term]:
+        """The largest parts of the total (the resident terms and the peak)."""
+        return sorted([*self.resident, self.peak], key=lambda t: -t.bytes)[:count]
+
+
+@dataclasses.dataclass(frozen=True)
+class Activations:
+    """Bytes per example of one pass (the rule of the module docstring): the counted forward
+    tensors of the decoder and of the encoder, and the size of the decoder's output."""
+
+    decoder: int
+    decoder_output: int
+    encoder: int = 0
+
+    def decode(self, backward: bool) -> int:
+        """One example through the decoder and the likelihood's log-density."""
+        if backward:
+            return BACKWARD_FACTOR * self.decoder + 2 * PIXEL_TENSORS * self.decoder_output
+        return self.decoder + PIXEL_TENSORS * self.decoder_output
+
+    def encode(self, backward: bool) -> int:
+        return (BACKWARD_FACTOR if backward else 1) * self.encoder
+
+
+def estimate(cfg: Config, shape: DataShape, activations: Activations | None = None) -> Estimate:
+    """The memory ``cfg`` needs on data of ``shape`` (``activations`` traced if not given)."""
+    from tfgen.runtime import resolve_compile
+
+    act = activations or trace_activations(cfg, shape)
+    scheme = scheme_class(cfg)
+    params = cfg.inference.params
+    particles = int(getattr(params, "particles", 0) or 0)
+    mc = int(getattr(params, "mc_samples", 1) or 1)
+    batch = min(cfg.train.batch_size, shape.train)
+    image = shape.image_bytes
+    runtime = RUNTIME_BYTES + (XLA_BYTES if resolve_compile(cfg.train.compile) == "xla" else 0)
+
+    copies = 1 + (1 if cfg.data.cache else 0)  # tf.data's tensor of the training set (+ cache)
+    resident = [
+        Term("the data set as float32", (shape.train + shape.val + shape.test) * image,
+             ("data.subsample", "data.train_split")),
+        Term("the training set in tf.data", copies * shape.train * image,
+             ("data.subsample", "data.cache")),
+        Term("the evaluation split in tf.data", max(shape.val, shape.test) * image,
+             ("data.val_split", "data.test_split")),
+        Term("parameters, gradients and optimizer slots", _parameter_bytes(cfg, shape),
+             ("model.decoder",)),
+    ]
+    peaks = []
+    if particles:  # a particle cloud [M, N, d] and the training images on the device (PGA)
+        cloud = shape.train * particles * _latent_dim(cfg) * FLOAT
+        resident += [Term("the particle cloud", cloud, ("inference.particles", "data.subsample")),
+                     Term("the training images on the device", shape.train * image,
+                          ("data.subsample",))]
+        chunk = min(int(getattr(params, "chunk_size", 64)), shape.train)
+        every = getattr(params, "particle_update", "all") == "all"
+        moved = shape.train if every else batch
+        peaks += [
+            Term("the theta gradient's activations",
+                 batch * particles * act.decode(backward=True),
+                 ("train.batch_size", "inference.particles")),
+            Term("the particle update (activations of one chunk, drift, noise, moved cloud)",
+                 (chunk if every else batch) * particles * act.decode(backward=True)
+                 + 3 * moved * particles * _latent_dim(cfg) * FLOAT,
+                 ("inference.chunk_size", "inference.particles", "data.subsample")),
+        ]
+    else:
+        if issubclass(scheme, PerDatapointLatents):  # svi's (mu, log sigma^2), map's z, per image
+            resident.append(Term("the per-datapoint latents with two optimizer moments",
+                                 3 * 2 * _latent_dim(cfg) * FLOAT * shape.train,
+                                 ("data.subsample",)))
+        peaks.append(Term("a training step's activations",
+                          batch * (act.encode(True) + mc * act.decode(True)),
+                          ("train.batch_size",) + (("inference.mc_samples",) if mc > 1 else ())))
+    if shape.val and scheme.validation_metrics:
+        # through the encoder, or (no encoder) latents fitted by gradient steps
+        fitted = not issubclass(scheme, AmortizedPosterior)
+        validation = min(VALIDATION_BATCH, shape.val)
+        peaks.append(Term("validation",
+                          validation * (act.encode(False) + act.decode(backward=fitted)),
+                          ("data.val_split",)))
+    peaks.append(Term("the image summaries",
+                      cfg.logging.num_images * (act.encode(False) + act.decode(False)),
+                      ("logging.num_images",)))
+    for i, task in enumerate(cfg.evaluate):
+        peaks.append(_task_peak(i, task, shape, act))
+    return Estimate(runtime, tuple(t for t in resident if t.bytes), tuple(peaks))
+
+
+def _task_peak(i: int, task, shape: DataShape, act: Activations) -> Term:
+    """An evaluation task's batch, read from its keys: ``batch_size`` (or ``num_images``)
+    images at once, times ``samples``/``mc_samples`` decoder passes, with a backward pass if
+    the task optimises (``steps``); a task with none of these keys runs no network (curves)."""
+    p = task.params
+    images = (getattr(p, "batch_size", None) or getattr(p, "num_images", None)
+              or getattr(p, "max_images", None) or 0)  # none of them: no network passes (curves)
+    images = min(int(images), max(shape.train, shape.val, shape.test))
+    samples = int(getattr(p, "samples", None) or getattr(p, "mc_samples", None) or 1)
+    backward = bool(getattr(p, "steps", None))
+    keys = tuple(f"evaluate.{i}.{key}" for key in ("batch_size", "num_images", "samples")
+                 if getattr(p, key, None))
+    return Term(f"evaluation task {task.name!r}",
+                images * (act.encode(backward) + samples * act.decode(backward)), keys)
+
+
+def _latent_dim(cfg: Config) -> int:
+    return int(getattr(cfg.model.prior.params, "dim"))
+
+
+def _parameter_bytes(cfg: Config, shape: DataShape) -> int:
+    """Parameters, their gradients and up to two optimizer slots each (Adam's m and v)."""
+    return 4 * _count_parameters(cfg, shape) * FLOAT
+
+
+_TRACES: dict = {}
+
+
+def _traced(cfg: Config, shape: DataShape) -> tuple[Activations, int]:
+    """(per-example activations, parameter count), from the networks built in a scratch graph."""
+    import tensorflow as tf
+
+    encoder_cfg = getattr(cfg.inference.params, "encoder", None)
+    key = (repr(cfg.model), repr(encoder_cfg), shape)
+    if key not in _TRACES:
+        logger = tf.get_logger()
+        level = logger.level
+        logger.setLevel(logging.ERROR)  # graph-mode layers warn about deprecated TF1 internals
+        try:
+            _TRACES[key] = _trace(cfg, shape, encoder_cfg)
+        finally:
+            logger.setLevel(level)
+    return _TRACES[key]
+
+
+def _trace(cfg: Config, shape: DataShape, encoder_cfg) -> tuple[Activations, int]:
+    import tensorflow as tf
+
+    from tfgen.models.model import build_model
+    from tfgen.models.networks import build_network
+
+    graph = tf.Graph()
+    with graph.as_default():
+        model = build_model(cfg, shape.image_shape, shape.pixel_range)
+        encoder = None
+        if encoder_cfg is not None:
+            encoder = build_network(encoder_cfg, (2 * model.latent_dim,), "inference.encoder")
+            encoder(tf.zeros([1, *shape.image_shape]))
+        sizes = {}
+        for n in (1, 2):
+            z = tf.zeros([n, model.latent_dim])
+            y = tf.zeros([n, *shape.image_shape])
+            sizes[n] = (_counted_bytes(graph, lambda: model.log_likelihood(z, y, training=True)),
+                        _counted_bytes(graph, lambda: encoder(y, training=True)) if encoder else 0)
+        output = model.decode(tf.zeros([1, model.latent_dim])).shape.num_elements() * FLOAT
+        parameters = sum(v.shape.num_elements() for v in graph.get_collection(
+            tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
+    act = Activations(decoder=sizes[2][0] - sizes[1][0], decoder_output=output,
+                      encoder=sizes[2][1] - sizes[1][1])
+    return act, parameters
+
+
+def _counted_bytes(graph, call) -> int:
+    """Bytes output by the counted ops that ``call()`` adds to ``graph``."""
+    before = len(graph.get_operations())
+    call()
+    total = 0
+    for op in graph.get_operations()[before:]:
+        if op.type in COUNTED_OPS:
+            for out in op.outputs:
+                if out.dtype.is_floating and out.shape.is_fully_defined():
+                    total += out.shape.num_elements() * out.dtype.size
+    return total
+
+
+def trace_activations(cfg: Config, shape: DataShape) -> Activations:
+    return _traced(cfg, shape)[0]
+
+
+def _count_parameters(cfg: Config, shape: DataShape) -> int:
+    return _traced(cfg, shape)[1]
+
+
+# --------------------------------------------------------------------------- the machine
+
+@dataclasses.dataclass(frozen=True)
+class Available:
+    bytes: int
+    source: str  # where the figure comes from, for the message
+
+
+def available_memory() -> Available | None:
+    """What this process may still use, plus what it holds: ``MemAvailable`` + own RSS, capped
+    by the cgroup (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) limits above it.  None where
+    /proc/meminfo does not exist (the check is then skipped)."""
+    available = _meminfo_kib("/proc/meminfo", "MemAvailable")
+    if available is None:
+        return None
+    rss = (_meminfo_kib("/proc/self/status", "VmRSS") or 0) * 1024
+    best = Available(available * 1024 + rss, "MemAvailable")
+    for limit, usage, where in _cgroup_limits():
+        room = limit - usage + rss
+        if room < best.bytes:
+            best = Available(max(room, 0), f"the cgroup limit {where}")
+    return best
+
+
+def _meminfo_kib(path: str, key: str) -> int | None:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_limits() -> list[tuple[int, int, str]]:
+    """(limit, usage, file) of every memory-limited cgroup this process is in."""
+    out = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if controllers == "":  # cgroup v2: walk up to the root, each level may set a limit
+            node = Path("/sys/fs/cgroup") / path.lstrip("/")
+            for level in [node, *node.parents]:
+                if not str(level).startswith("/sys/fs/cgroup"):
+                    break
+                limit = _read_int(level / "memory.max")
+                usage = _read_int(level / "memory.current")
+                if limit is not None and usage is not None:
+                    out.append((limit, usage, str(level / "memory.max")))
+        elif "memory" in controllers.split(","):  # cgroup v1
+            node = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+            limit = _read_int(node / "memory.limit_in_bytes")
+            usage = _read_int(node / "memory.usage_in_bytes")
+            if limit is not None and usage is not None and limit < 2**60:  # 2^63-ish: none
+                out.append((limit, usage, str(node / "memory.limit_in_bytes")))
+    return out
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max": no limit
+
+
+# --------------------------------------------------------------------------- the check
+
+def check_memory(cfg: Config, data) -> Estimate:
+    """Refuse (ResourceError) a configuration whose estimate exceeds the available memory."""
+    est = estimate(cfg, DataShape.of(data))
+    available = available_memory()
+    if available is not None and est.total > available.bytes:
+        parts = ", ".join(f"{t.what} {format_bytes(t.bytes)}" for t in est.largest())
+        keys = list(dict.fromkeys(k for t in est.largest(2) for k in t.keys))
+        shown = " or ".join(f"{k} ({_value(cfg, k)})" for k in keys)
+        raise ResourceError(
+            f"{cfg.source_file}: this configuration needs about {format_bytes(est.total)} of "
+            f"memory ({parts}), but {format_bytes(available.bytes)} is available "
+            f"({available.source}); lower {shown}, or run anyway with --no-memory-check")
+    return est
+
+
+def _value(cfg: Config, key: str) -> str:
+    """The value at a ``--set`` key path of ``cfg`` ("inference.particles", "evaluate.1.samples")."""
+    node = cfg
+    for part in key.split("."):
+        if isinstance(node, list):
+            node = node[int(part)]
+            continue
+        if isinstance(node, Component):
+            node = node.params
+        node = getattr(node, part, None)
+    return node.name if isinstance(node, Component) else repr(node)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1024
+    return f"{n:.3g} TiB"
