@@ -86,6 +86,13 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
             progress.message(f"resumed from {restored.path} ({trainer.position()})")
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     metrics = {"status": "running", "run_dir": str(run_dir)}
+    if resume:  # what `tfgen complete` added to a finished run stays
+        try:
+            kept = read_run_metrics(run_dir / "metrics.json").get(AFTER_RUN)
+        except TfgenError:  # unreadable: the run writes a new one, as it always did
+            kept = None
+        if kept:
+            metrics[AFTER_RUN] = kept
     with InterruptFlag() as interrupt:  # Ctrl-C by phase: training, evaluation, stopping
         try:
             with writer.as_default():
