@@ -48,7 +48,8 @@ SET_HELP = ("Override a config key with a TOML-typed value, e.g. --set train.epo
 
 
 def _fail(err) -> None:
-    typer.echo(f"error: {err}", err=True)
+    for line in getattr(err, "lines", lambda: [str(err)])():
+        typer.echo(f"error: {line}", err=True)
     raise typer.Exit(getattr(err, "exit_code", 2))
 
 
@@ -198,7 +199,7 @@ def complete(
                                                       ("fit.steps", steps)] if value is not None]
         try:
             apply_overrides(task, typed + list(set_))
-            key, entry = evaluate_run(run_dir, task, "tfgen complete")
+            [(key, entry)] = evaluate_run(run_dir, [task], "tfgen complete")
         except ConfigError as err:  # the task's keys are this command's options
             raise ConfigError.combine([_as_option_error(e, "tfgen complete", COMPLETE_OPTIONS)
                                        for e in getattr(err, "errors", [err])]) from None
@@ -229,6 +230,34 @@ def _completion_summary(key: str, entry: dict, run_dir: str) -> str:
     figure = entry["figures"][0] if entry["figures"] else "none"
     metrics = os.path.join(run_dir, "metrics.json")
     return f"{key}: {', '.join(parts)}; figure {figure}; results in {metrics}"
+
+
+@app.command("eval")
+def eval_(
+    run_dir: str = typer.Argument(..., help="A finished (or interrupted) run's directory, "
+                                            "<output_dir>/<name>/<timestamp>."),
+    task: List[str] = typer.Option([], "--task", help="An evaluation task to run (tfgen list "
+                                   "evaluations); repeatable. Default: the run's own "
+                                   "[[evaluate]] list."),
+    set_: List[str] = typer.Option([], "--set", help="A key of the tasks, read as TOML, applied "
+                                   "to every task run, e.g. --task log_likelihood --set "
+                                   "samples=1000. Repeatable."),
+    debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of any failure."),
+) -> None:
+    """Run evaluation tasks on a finished run from its checkpoint, without retraining; merges
+    each result, keyed with its settings, into the run's metrics.json (evaluations_after_run)
+    and its TensorBoard at the run's last step."""
+    with _one_line_errors(debug):
+        from tfgen.runner import evaluate_run
+
+        tasks = [{"task": name} for name in task] or None
+        for key, entry in evaluate_run(run_dir, tasks, "tfgen eval", set_):
+            numbers = ", ".join(f"{name} {value:.6g}" for name, value in entry["results"].items()
+                                if isinstance(value, float))
+            typer.echo(f"{key}: {numbers or 'no scalar results'}"
+                       + (f"; figures: {', '.join(entry['figures'])}" if entry["figures"] else ""))
+        typer.echo(f"results merged into {os.path.join(run_dir, 'metrics.json')} "
+                   f"(evaluations_after_run)")
 
 
 @app.command("list")

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from tfgen import resources, runtime
-from tfgen.config import Config, from_dict, load_config, read_toml, to_dict
+from tfgen.config import Config, apply_overrides, from_dict, load_config, read_toml, to_dict
 from tfgen.data import DataBundle, load_data
 from tfgen.errors import CheckpointError, RunFailed, TfgenError
 from tfgen.evaluation.tasks import EvalContext
@@ -212,30 +212,50 @@ def open_run(run_dir: str, tasks: list[dict] | None = None,
     return OpenedRun(path, cfg, data, scheme, int(trainer.step.numpy()), weights, trainer.history)
 
 
-def evaluate_run(run_dir: str, task: dict, command: str) -> tuple[str, dict]:
-    """Run one evaluation task (a raw ``[[evaluate]]`` table) on a finished run and merge its
-    results into the run's metrics.json under ``evaluations_after_run``, keyed by the task
-    and its settings (:func:`settings_key`) so that other settings do not overwrite them;
-    its figures are tagged with a hash of that key.  Returns (key, entry).
+def evaluate_run(run_dir: str, tasks: list[dict] | None, command: str,
+                 overrides: list[str] = ()) -> list[tuple[str, dict]]:
+    """Run evaluation tasks (raw ``[[evaluate]]`` tables; None = the run's own list) on a
+    finished run from its checkpoint, without retraining, and merge each one's results into
+    the run's metrics.json under ``evaluations_after_run``, keyed by the task and its
+    settings (:func:`settings_key`) so that other settings do not overwrite them; scalars go
+    to the run's TensorBoard at its last step, figures get a hash of the key in their name.
+    ``overrides`` (``KEY=VALUE``) apply to every task.  Returns [(key, entry)].
 
-    Everything that can be refused (the run directory, the task's keys, the data, the
-    checkpoint, an unreadable metrics.json) is refused before the run directory changes."""
-    opened = open_run(run_dir, [task], command)
+    Everything that can be refused (the run directory, the tasks' keys, the data, the
+    checkpoint, an unreadable metrics.json) is refused before the run directory changes;
+    each task's entry is written as soon as it is done."""
+    path = open_run_dir(run_dir, command)
+    if tasks is None:
+        tasks = read_toml(path / CONFIG_NAME).get("evaluate", [])
+        if not tasks:
+            raise TfgenError(f"{path / CONFIG_NAME}: lists no [[evaluate]] tasks; name one with "
+                             f"--task (tfgen list evaluations)")
+    tasks = [apply_overrides(dict(task), list(overrides)) for task in tasks]
+    opened = open_run(run_dir, tasks, command)
     metrics_file = opened.run_dir / "metrics.json"
     read_run_metrics(metrics_file)
-    component = opened.cfg.evaluate[0]
-    key = settings_key(component)
-    ctx = EvalContext(opened.cfg, opened.scheme, opened.data, opened.run_dir, opened.history,
-                      opened.step, figure_tag=hashlib.sha1(key.encode()).hexdigest()[:8])
-    results = EVALUATIONS.get(component.name).factory(component.params, ctx) or {}
-    entry = {"task": component.name, "settings": to_dict(component, "task"),
-             "results": results, "step": opened.step, "weights": opened.weights,
-             "figures": [str(p) for p in ctx.figures],
-             "time": dt.datetime.now().isoformat(timespec="seconds")}
-    metrics = read_run_metrics(metrics_file)  # as it is now: nothing in it is dropped
-    metrics.setdefault(AFTER_RUN, {})[key] = entry
-    write_metrics(opened.run_dir, metrics)
-    return key, entry
+    done = []
+    writer = tf.summary.create_file_writer(str(opened.run_dir / "tensorboard"))
+    with writer.as_default():
+        for component in opened.cfg.evaluate:
+            key = settings_key(component)
+            ctx = EvalContext(opened.cfg, opened.scheme, opened.data, opened.run_dir,
+                              opened.history, opened.step,
+                              figure_tag=hashlib.sha1(key.encode()).hexdigest()[:8])
+            results = EVALUATIONS.get(component.name).factory(component.params, ctx) or {}
+            for name, value in results.items():
+                if isinstance(value, float):
+                    tf.summary.scalar(f"eval/{name}", value, step=opened.step)
+            writer.flush()
+            entry = {"task": component.name, "settings": to_dict(component, "task"),
+                     "results": results, "step": opened.step, "weights": opened.weights,
+                     "figures": [str(p) for p in ctx.figures],
+                     "time": dt.datetime.now().isoformat(timespec="seconds")}
+            metrics = read_run_metrics(metrics_file)  # as it is now: nothing in it is dropped
+            metrics.setdefault(AFTER_RUN, {})[key] = entry
+            write_metrics(opened.run_dir, metrics)
+            done.append((key, entry))
+    return done
 
 
 def read_run_metrics(path: Path) -> dict:
