@@ -111,9 +111,31 @@ class PosteriorEstimates(Posterior, LogLikelihood, DecoderLikelihood, LatentSamp
         q, noise = self._proposal(loc, scale, seed, num_samples)
         return elbo_terms(self.model, q, images, num_samples, noise=noise)
 
+    #: importance samples decoded at once: memory stays O(chunk x batch) whatever K is
+    IMPORTANCE_CHUNK = 100
+
     def _loglik_fn(self, images, loc, scale, seed, num_samples: int):
-        q, noise = self._proposal(loc, scale, seed, num_samples)
-        return importance_log_likelihood(self.model, q, images, num_samples, noise=noise)
+        """log 1/K sum_k p(y, z_k) / q(z_k) (Burda et al. 2016, eq. (8)) with the K samples
+        drawn and decoded ``IMPORTANCE_CHUNK`` at a time; the chunks' log-sum-exps are
+        combined exactly (log(e^a + e^b)), so the estimate equals the unchunked one."""
+        chunk = min(num_samples, self.IMPORTANCE_CHUNK)
+        num_chunks = -(-num_samples // chunk)
+
+        def body(i, total):
+            chunk_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(i, tf.int64))
+            q, noise = self._proposal(loc, scale, chunk_seed, chunk)
+            # the last chunk may hold more than the samples left: those get weight 0
+            used = tf.range(chunk) < num_samples - i * chunk
+            log_weights = (importance_log_likelihood(self.model, q, images, chunk, noise=noise,
+                                                     per_sample=True))
+            log_weights = tf.where(used[:, None], log_weights,
+                                   tf.constant(-float("inf"), log_weights.dtype))
+            return i + 1, tf.reduce_logsumexp(
+                tf.stack([total, tf.reduce_logsumexp(log_weights, axis=0)]), axis=0)
+
+        start = tf.fill(tf.shape(loc)[:1], tf.constant(-float("inf"), loc.dtype))
+        _, total = tf.while_loop(lambda i, _: i < num_chunks, body, (tf.constant(0), start))
+        return total - tf.math.log(tf.cast(num_samples, total.dtype))
 
     def elbo_terms(self, images, seed, num_samples: int = 1) -> ElboTerms:
         q = self.posterior_for(images, seed)

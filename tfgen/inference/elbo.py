@@ -69,8 +69,11 @@ def elbo_terms(model, q: tfd.MultivariateNormalDiag, images: tf.Tensor, num_samp
 
 def importance_log_likelihood(model, q: tfd.MultivariateNormalDiag, images: tf.Tensor,
                               num_samples: int, generator: tf.random.Generator | None = None,
-                              noise: tf.Tensor | None = None) -> tf.Tensor:
-    """IWAE estimate of log p_theta(y), shape [B] (Burda et al. 2016, eq. (8))."""
+                              noise: tf.Tensor | None = None, per_sample: bool = False) -> tf.Tensor:
+    """IWAE estimate of log p_theta(y), shape [B] (Burda et al. 2016, eq. (8)); with
+    ``per_sample``, the log importance weights log p(y, z_k) - log q(z_k) themselves, [K, B]."""
     z = reparameterized_samples(q, num_samples, noise, generator)
     log_weights = model.log_joint(z, images) - q.log_prob(z)
+    if per_sample:
+        return log_weights
     return tf.reduce_logsumexp(log_weights, axis=0) - tf.math.log(tf.cast(num_samples, log_weights.dtype))
