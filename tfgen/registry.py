@@ -77,5 +77,6 @@ ALL = {
 def load_components() -> None:
     """Import the modules whose decorators fill the registries."""
     from tfgen.evaluation import completion, tasks  # noqa: F401
+    from tfgen.geometry import tasks as geometry_tasks  # noqa: F401
     from tfgen.inference import map_latents, pga, svi, vae  # noqa: F401
     from tfgen.models import likelihoods, networks, priors  # noqa: F401

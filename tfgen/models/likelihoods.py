@@ -30,6 +30,9 @@ class Likelihood(tf.Module):
     """Base class.  Subclasses set ``params_per_channel`` and implement ``_pixel_distribution``."""
 
     params_per_channel = 1
+    #: whether sd(y_i | z) can change with z; False (a fixed or learned sigma) makes the second
+    #: term of the expected metric (seed 004, Theorem 1) zero, and it is skipped
+    stddev_varies = True
 
     def __init__(self, config, image_shape: tuple[int, int, int], pixel_range: tuple[float, float]):
         super().__init__(name=type(self).__name__)
@@ -75,6 +78,12 @@ class Likelihood(tf.Module):
     def sample(self, decoder_output: tf.Tensor, seed=None) -> tf.Tensor:
         return self._pixel_distribution(decoder_output).sample(seed=seed)
 
+    def mean_stddev(self, decoder_output: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Per-pixel E[y_i | z] and sd(y_i | z), [..., H, W, C] each, in the data's pixel range
+        and differentiable in the decoder output: the mu and sigma of the expected metric
+        M = J_mu^T J_mu + J_sigma^T J_sigma (seed 004, Theorem 1)."""
+        raise NotImplementedError
+
     def _pixel_distribution(self, decoder_output):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -103,6 +112,7 @@ class NormalLikelihood(Likelihood):
     def __init__(self, config: NormalConfig, image_shape, pixel_range):
         super().__init__(config, image_shape, pixel_range)
         self.params_per_channel = 2 if config.scale == "per_pixel" else 1
+        self.stddev_varies = config.scale == "per_pixel"
         if config.scale == "learned":
             # unconstrained parameter: sigma = min_sigma + softplus(raw)
             init = tf.math.log(tf.math.expm1(tf.constant(config.sigma - config.min_sigma
@@ -127,6 +137,10 @@ class NormalLikelihood(Likelihood):
         if cfg.scale == "learned":
             return tfd.Normal(loc, cfg.min_sigma + tf.nn.softplus(self.raw_sigma))
         return tfd.Normal(loc, tf.constant(cfg.sigma, loc.dtype))
+
+    def mean_stddev(self, decoder_output):
+        dist = self._pixel_distribution(decoder_output)
+        return dist.loc, tf.broadcast_to(dist.scale, tf.shape(dist.loc))
 
 
 # --------------------------------------------------------------------------- Beta
@@ -165,6 +179,10 @@ class BetaLikelihood(Likelihood):
 
     def mean(self, decoder_output):
         return self.low + (self.high - self.low) * super().mean(decoder_output)
+
+    def mean_stddev(self, decoder_output):
+        dist = self._pixel_distribution(decoder_output)
+        return self.low + (self.high - self.low) * dist.mean(), (self.high - self.low) * dist.stddev()
 
     def sample(self, decoder_output, seed=None):
         return self.low + (self.high - self.low) * super().sample(decoder_output, seed)
@@ -218,6 +236,16 @@ class CategoricalLikelihood(Likelihood):
         probs = tf.nn.softmax(self._logits(decoder_output))
         return tf.reduce_sum(probs * self._levels(probs.dtype), axis=-1)
 
+    def mean_stddev(self, decoder_output):
+        """Mean and sd of the pixel's level under pi (the bins' values, not their indices)."""
+        probs = tf.nn.softmax(self._logits(decoder_output))
+        levels = self._levels(probs.dtype)
+        mean = tf.reduce_sum(probs * levels, axis=-1)
+        variance = tf.reduce_sum(probs * tf.square(levels - mean[..., None]), axis=-1)
+        # the floor (sd >= 1e-6 of the range) keeps sqrt's gradient finite where one bin has all
+        # the mass
+        return mean, tf.sqrt(variance + 1e-12 * (self.high - self.low) ** 2)
+
     def sample(self, decoder_output, seed=None):
         index = super().sample(decoder_output, seed)
         return tf.gather(self._levels(decoder_output.dtype), index)
@@ -246,6 +274,12 @@ class BernoulliLikelihood(Likelihood):
 
     def mean(self, decoder_output):
         return self.low + (self.high - self.low) * tf.sigmoid(decoder_output)
+
+    def mean_stddev(self, decoder_output):
+        # sqrt(p (1 - p)) as exp((log sigmoid(l) + log sigmoid(-l)) / 2): finite gradients where
+        # p saturates to 0 or 1 in float32 (sqrt's gradient at 0 is infinite)
+        log_variance = tf.math.log_sigmoid(decoder_output) + tf.math.log_sigmoid(-decoder_output)
+        return self.mean(decoder_output), (self.high - self.low) * tf.exp(0.5 * log_variance)
 
     def sample(self, decoder_output, seed=None):
         bits = tf.cast(super().sample(decoder_output, seed), decoder_output.dtype)
