@@ -32,7 +32,11 @@ where d^2 g[v, v] is a forward-over-forward derivative (two nested
 ``ForwardAccumulator``).  :func:`shoot` integrates it with RK4 from the start point and
 corrects the initial velocity by Newton steps on the end-point miss (finite-difference
 Jacobian, all d + 1 trajectories in one batch).  Started from the energy solution's initial
-velocity, a small miss and an equal length confirm the energy solution.
+velocity, a small miss and an equal length confirm the energy solution.  The ODE needs a
+twice differentiable decoder (as seed 004's Theorem 1 does): with ReLU units the metric
+jumps across their kinks, d^2 g misses those jumps, and the trajectories go astray (measured
+on a ReLU conv decoder: initial misses of 10^6 latent distances); use a smooth activation
+(GELU, softplus, tanh, swish) where the check matters.
 """
 from __future__ import annotations
 
