@@ -57,14 +57,16 @@ def make_model(latent_dim: int):
     return scheme.model
 
 
-def timed(fn, repeats: int) -> float:
-    """Median wall seconds of ``fn()`` after one warm-up call."""
+def timed(fn, repeats: int, label: str = "") -> float:
+    """Median wall seconds of ``fn()`` after one warm-up call (progress on stderr)."""
     fn()
     walls = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         walls.append(time.perf_counter() - t0)
+    if label:
+        print(f"{label}: {statistics.median(walls):.2f} s", file=sys.stderr, flush=True)
     return statistics.median(walls)
 
 
@@ -95,10 +97,11 @@ def bench_metric_map(args) -> dict:
     def metric_map():
         return np.exp(log_magnification(forward(grid)).numpy())
 
-    out["forward_batched_s"] = timed(metric_map, args.repeats)
+    out["forward_batched_s"] = timed(metric_map, args.repeats, "metric map, forward, batched")
     reverse = ExpectedMetric(embed, 2, "reverse", args.max_evaluations, "graph")
     subset = grid[:args.reverse_points]
-    out["reverse_batched_s"] = timed(lambda: reverse(subset).numpy(), args.repeats) * n / len(subset)
+    out["reverse_batched_s"] = timed(lambda: reverse(subset).numpy(), args.repeats,
+                                     "reverse, batched (subset)") * n / len(subset)
     out["reverse_batched_measured_points"] = len(subset)
     # agreement of the two modes (and the per-point loop) on the subset
     m_forward = forward(subset).numpy()
@@ -110,7 +113,7 @@ def bench_metric_map(args) -> dict:
     def eager_loop():
         return [per_point_jacobian(embed, tf.constant(z[None])).numpy() for z in eager_points]
 
-    loop = timed(eager_loop, 1)
+    loop = timed(eager_loop, 1, "per-point jacobian, eager (subset)")
     out["per_point_eager_s"] = loop * n / len(eager_points)
     out["per_point_eager_measured_points"] = len(eager_points)
     compiled_one = tf.function(lambda z: per_point_jacobian(embed, z))
@@ -119,7 +122,7 @@ def bench_metric_map(args) -> dict:
     def compiled_loop():
         return [compiled_one(tf.constant(z[None])).numpy() for z in compiled_points]
 
-    loop_compiled = timed(compiled_loop, 1)
+    loop_compiled = timed(compiled_loop, 1, "per-point jacobian, compiled (subset)")
     out["per_point_compiled_s"] = loop_compiled * n / len(compiled_points)
     out["per_point_compiled_measured_points"] = len(compiled_points)
     # the same per-point loop in forward mode: what batching alone gains
@@ -128,7 +131,8 @@ def bench_metric_map(args) -> dict:
     def forward_loop():
         return [forward_one(tf.constant(z[None])).numpy() for z in compiled_points]
 
-    out["per_point_forward_compiled_s"] = timed(forward_loop, 1) * n / len(compiled_points)
+    out["per_point_forward_compiled_s"] = timed(forward_loop, 1, "per-point forward, compiled (subset)") \
+        * n / len(compiled_points)
     m_loop = np.stack(eager_loop()[:8])
     out["loop_vs_batched_max_rel_diff"] = float(np.abs(m_loop - forward(eager_points[:8]).numpy()).max()
                                                 / np.abs(m_loop).max())
@@ -146,7 +150,8 @@ def bench_high_dim(args) -> dict:
     for mode in ["forward", "reverse"]:
         metric = ExpectedMetric(embed, 16, mode, args.max_evaluations, "graph")
         points = z if mode == "forward" else z[:args.reverse_points]
-        out[f"{mode}_s"] = timed(lambda: metric(points).numpy(), args.repeats) * len(z) / len(points)
+        out[f"{mode}_s"] = timed(lambda: metric(points).numpy(), args.repeats,
+                                 f"d = 16, {mode}") * len(z) / len(points)
         out[f"{mode}_measured_points"] = len(points)
     out["auto_mode"] = ExpectedMetric(embed, 16, "auto", args.max_evaluations, "graph").mode
     return out
@@ -163,7 +168,7 @@ def bench_geodesics(args) -> dict:
                                                                     args.segments)).numpy()
     for optimizer in ["lbfgs", "adam"]:
         solver = GeodesicSolver(embed, args.segments, 0, 0.05, "graph", optimizer)
-        seconds = timed(lambda: solver(a, b)[0].numpy(), args.repeats)
+        seconds = timed(lambda: solver(a, b)[0].numpy(), args.repeats, f"geodesics, {optimizer}")
         nodes, _, evaluations = solver(a, b)
         ratio = curves.riemannian_length(embed, nodes).numpy() / straight
         out[optimizer] = {"steps": solver.steps, "batch_s": seconds,
