@@ -28,8 +28,9 @@ the other images, as it does for the VAE's encoder.
 
 A row is stepped only when its image is in the batch: once per epoch, and Adam's first
 steps move every coordinate by about the learning rate.  Rows therefore need a much larger
-learning rate than theta's: the default 0.5 (measured on binarized MNIST, README: after 9
-epochs svi reached a test ELBO of -131 with 0.5 and -169 with 0.1; map improved alike).
+learning rate than theta's: the default 0.5 (measured on 50k binarized MNIST images,
+conv_decoder, d = 16: after 9 epochs svi's training -ELBO was 150 nats with 0.5 and 204 with
+0.1; map's objective after 8 epochs 139 against 202).
 
 Initial rows: latents drawn from N(0, init_scale^2 I) (init_scale = 1: from the prior, as
 PGA's particles are; GLO, Bojanowski et al. 2018, also starts from random codes), from a
