@@ -12,11 +12,16 @@ epoch's size in images is fixed when it starts and saved, so a run resumed
 with another ``train.batch_size`` finishes the epoch it was in from the same
 image (in batches of the new size) and counts the following epochs with the
 new size.
+
+Test hook: with ``TFGEN_TEST_SIGINT_AFTER_STEP=<n>`` the process sends itself SIGINT once
+step n is done, as a user's Ctrl-C at that moment would (tests/test_faults.py uses it to
+interrupt a real run mid-epoch on machines of any speed).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -32,6 +37,9 @@ from tfgen.data import DataBundle, train_dataset
 from tfgen.errors import CheckpointError, ConfigError, TfgenError, TrainingDiverged
 from tfgen.inference.capabilities import AmortizedPosterior
 from tfgen.rundir import atomic_write
+
+
+SIGINT_HOOK = "TFGEN_TEST_SIGINT_AFTER_STEP"
 
 
 class Interrupted(TfgenError):
@@ -231,6 +239,7 @@ class Trainer:
         train_time = 0.0
         if int(self.step.numpy()) == 0:
             self._log_hparams()
+        sigint_after_step = int(os.environ.get(SIGINT_HOOK, "-1"))
         while int(self.epoch.numpy()) < epochs:
             epoch = int(self.epoch.numpy())
             if self.stopped_early or self._early_stop_due():
@@ -244,6 +253,7 @@ class Trainer:
             done = int(self.batches_in_epoch.numpy())
             total = done + math.ceil(left / batch_size)
             window_start, window_images = time.monotonic(), 0
+            epoch_start, epoch_images = window_start, 0
             rate = 0.0
             for images, indices in self._epoch_batches(epoch, first, left):
                 t0 = time.monotonic()
@@ -251,6 +261,8 @@ class Trainer:
                 values = {k: float(v) for k, v in out.items()}
                 train_time += time.monotonic() - t0
                 step = int(self.step.assign_add(1).numpy())
+                if step == sigint_after_step:
+                    os.kill(os.getpid(), signal.SIGINT)
                 batch = int(images.shape[0])
                 for counter, value in ((self.batches_in_epoch, 1), (self.images_in_epoch, batch),
                                        (self.images_seen, batch)):
@@ -260,6 +272,7 @@ class Trainer:
                 left -= batch
                 images_seen += batch
                 window_images += batch
+                epoch_images += batch
                 if not math.isfinite(values["loss"]):
                     self._diverged(values["loss"], step, epoch)
                 for k, v in values.items():
@@ -278,6 +291,7 @@ class Trainer:
                 if interrupt.requested and left > 0:
                     self.partial.assign(json.dumps({"sums": sums, "count": count}))
                     self._interrupted(interrupt)
+            epoch_rate = epoch_images / max(time.monotonic() - epoch_start, 1e-9)
             record = {"epoch": epoch + 1, "step": int(self.step.numpy())}
             record.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
             record.update(self.validate(epoch))
@@ -286,7 +300,8 @@ class Trainer:
             improved = self._update_early_stopping(record, epoch)
             self._end_epoch()
             self.progress.update(epoch, epochs, done, total,
-                                 record.get("train_loss", float("nan")), rate, record["step"], final=True)
+                                 record.get("train_loss", float("nan")),
+                                 epoch_rate, record["step"], final=True)
             self.progress.message("  " + "  ".join(f"{k} {v:.4g}" for k, v in record.items()
                                                    if k not in ("epoch", "step")))
             if improved:
