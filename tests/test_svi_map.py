@@ -152,6 +152,36 @@ def test_map_without_prior_is_least_squares_and_pca():
     assert eigenvalues[1] > 0.5  # a rank-1 fit is measurably worse
 
 
+def test_map_validation_fits_decoders_that_are_flat_at_the_origin():
+    """A decoder whose ReLUs are all off near z = 0 (as map's conv decoder learns: its latents
+    sit on the prior's shell) has zero gradient there: the validation fit starts from
+    z ~ N(0, I) and finds the latents (|z| = 1.5) that generated the images."""
+    from tfgen.data import Split
+
+    rng = np.random.default_rng(9)
+    scheme = make_scheme("map", np.zeros((16, 1, D, 1), np.float32),
+                         {"validation_images": 16, "validation_fit_steps": 60},
+                         decoder={"name": "mlp", "hidden": [16]},
+                         likelihood={"name": "normal", "sigma": 0.3})
+    hidden = scheme.model.decoder.body[0]
+    hidden.kernel.assign(rng.normal(size=(d, 16)).astype(np.float32))
+    hidden.bias.assign(np.full(16, -0.5, np.float32))  # every unit off for |z| < 0.5 / |w|
+    angle = rng.uniform(0, 2 * np.pi, 16)
+    z_true = 1.5 * np.stack([np.cos(angle), np.sin(angle)], -1).astype(np.float32)
+    images = scheme.model.decode(tf.constant(z_true)).numpy()[..., :1]  # the decoder's means
+    z0 = tf.zeros([16, d])
+    with tf.GradientTape() as tape:
+        tape.watch(z0)
+        at_origin = scheme.model.log_likelihood(z0, tf.constant(images))
+    assert not np.any(tape.gradient(at_origin, z0).numpy())
+    fitted = scheme.validation_fitter().fit(images, seed=3)
+    assert np.median(np.linalg.norm(fitted.mean, axis=-1)) > 1.0
+    metrics = scheme.validate(Split(images, np.zeros(16, np.int64)), seed=3)
+    origin_loss = -(scheme.model.log_prior(z0) + at_origin).numpy().mean()
+    assert metrics["loss"] < origin_loss - 10.0
+    assert metrics["loss"] == pytest.approx(-(metrics["log_prior"] + metrics["log_likelihood"]))
+
+
 # --------------------------------------------------------------------------- the row step
 
 def replayed_noise(generator, shape) -> np.ndarray:
@@ -284,6 +314,7 @@ name = "bernoulli"
 scheme = "{scheme}"
 {extra}
 validation_images = 8
+validation_fit_steps = 6
 summary_images = 2
 
 [inference.latent_optimizer]
@@ -363,6 +394,7 @@ BASE = {"data": {"binarize": "dynamic"}}
     ("svi", "init_log_variance", 50.0, "init_log_variance"),
     ("svi", "init_scale", -1.0, "init_scale"),
     ("svi", "validation_images", -1, "validation_images"),
+    ("svi", "validation_fit_steps", 0, "validation_fit_steps"),
     ("svi", "summary_images", 100, "summary_images"),
     ("svi", "latent_optimizer", {"name": "rmsprop"}, "latent_optimizer.name"),
     ("svi", "latent_optimizer", {"learning_rate": 0.0}, "latent_optimizer.learning_rate"),
@@ -384,15 +416,16 @@ def test_bad_values_name_the_key_and_the_allowed_values(scheme, key, value, path
 
 @pytest.mark.parametrize("scheme", ["svi", "map"])
 def test_defaults_and_what_the_schemes_can_do(scheme):
-    """Cheap posterior_fit defaults (not FitConfig's), the latent optimizer's own learning
-    rate, early stopping on the validation metric, default evaluations that need a posterior
-    and a cloud; the encoder-only options are refused, naming the schemes that have one."""
+    """The scheme's posterior_fit defaults (not FitConfig's), the latent optimizer's own
+    learning rate, early stopping on the validation metric, default evaluations that need a
+    posterior and a cloud; the encoder-only options are refused, naming the schemes that have
+    one."""
     cfg = from_dict({**BASE, "inference": {"scheme": scheme, "posterior_fit": {"steps": 30}},
                      "train": {"early_stopping": {"patience": 3}}})
     params = cfg.inference.params
     assert (params.posterior_fit.steps, params.posterior_fit.patience) == (30, 0)  # one key set
     assert params.posterior_fit.init == "zeros" and params.posterior_fit.optimizer.learning_rate == 0.2
-    assert params.latent_optimizer.learning_rate == 0.5
+    assert params.latent_optimizer.learning_rate == 0.5 and params.validation_fit_steps == 40
     tasks = [(c.name, getattr(c.params, "sampler", None)) for c in cfg.evaluate]
     assert ("elbo", None) in tasks and ("samples", "particle_gaussian") in tasks
     for task in ["log_likelihood", "reconstructions", "curves"]:

@@ -19,7 +19,7 @@ machine's load average before and after is printed too: this CPU (2 cores) is sh
 Prints one JSON object.
 
     python tools/bench_geometry.py
-    python tools/bench_geometry.py --repeats 1 --grid 50
+    python tools/bench_geometry.py --repeats 1 --grid 50 --only geodesics
 """
 from __future__ import annotations
 
@@ -179,6 +179,10 @@ def bench_geodesics(args) -> dict:
     return out
 
 
+SECTIONS = {"metric_map_d2": bench_metric_map, "metric_d16": bench_high_dim,
+            "geodesics": bench_geodesics}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", type=int, default=100, help="grid side (grid^2 points)")
@@ -190,12 +194,15 @@ def main() -> None:
     parser.add_argument("--high-dim-points", type=int, default=2000)
     parser.add_argument("--pairs", type=int, default=100)
     parser.add_argument("--segments", type=int, default=20)
+    parser.add_argument("--only", choices=sorted(SECTIONS), action="append",
+                        help="run only this section (repeatable)")
     args = parser.parse_args()
     load_before = os.getloadavg()
-    result = {"cpu_count": os.cpu_count(), "tensorflow": tf.__version__,
-              "metric_map_d2": bench_metric_map(args),
-              "metric_d16": bench_high_dim(args),
-              "geodesics": bench_geodesics(args)}
+    result = {"cpu_count": os.cpu_count(), "tensorflow": tf.__version__}
+    for name in args.only or sorted(SECTIONS):
+        start = time.perf_counter()
+        result[name] = SECTIONS[name](args)
+        result[name]["section_wall_s"] = time.perf_counter() - start
     result["load_average_before"] = [round(x, 2) for x in load_before]
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=1, default=float))

@@ -33,7 +33,8 @@ from the first step, instead of codes drowned in unit noise, which invites it to
 The means mu_m are the per-datapoint latents (``latent_cloud``) of the
 ``particle_gaussian`` sampler.  Validation (``val_elbo``, ``val_reconstruction``,
 ``val_kl``, ``val_loss`` = -ELBO) fits q to the first ``validation_images`` validation
-images at test time (``posterior_fit``), as the ``elbo`` task does on the test split.
+images at test time (``posterior_fit`` with ``validation_fit_steps`` steps), as the ``elbo``
+task does on the test split (with ``posterior_fit``'s steps).
 """
 from __future__ import annotations
 
@@ -43,7 +44,6 @@ import tensorflow as tf
 
 from tfgen.config import field
 from tfgen.data import Split
-from tfgen.evaluation.metrics import mean_elbo
 from tfgen.inference import kernels
 from tfgen.inference.elbo import elbo_terms, gaussian_posterior
 from tfgen.inference.per_datapoint import PerDatapointConfig, PerDatapointScheme
@@ -92,6 +92,12 @@ class SVI(PerDatapointScheme):
                              "kl": kl}
 
     def validate(self, split: Split, seed: int) -> dict[str, float]:
-        fit = self.params.posterior_fit
-        terms = mean_elbo(self, split, fit.batch_size, seed, max_images=self.params.validation_images)
-        return {**terms, "loss": -terms["elbo"]}
+        """The ELBO terms at q fitted to the validation images (one sample per image)."""
+        images = self.validation_images(split)
+        fitted = self.validation_fitter().fit(images, seed=seed)
+        terms_at = self._compiled("terms", self._terms_fn)
+        elbo, reconstruction, kl = self.in_chunks(
+            lambda i, y, mean, scale: terms_at(y, mean, scale, tf.constant([seed, i], tf.int64), 1),
+            images, fitted.mean, fitted.scale)
+        return {"elbo": float(elbo.mean()), "reconstruction": float(reconstruction.mean()),
+                "kl": float(kl.mean()), "loss": -float(elbo.mean())}
