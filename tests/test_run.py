@@ -81,6 +81,27 @@ def test_tensorboard_events(two_epoch_run):
     assert any(t.startswith("images/reconstructions") for t in scalars)
     assert any(t.startswith("images/samples") for t in scalars)
     assert "_hparams_/session_start_info" in scalars
+    for tag in ["final/best_val_loss", "final/epochs_completed", "final/images_per_second"]:
+        assert tag in scalars, (tag, sorted(scalars))
+
+
+def test_hparams_hold_the_flattened_config(two_epoch_run):
+    """The HParams dashboard's session: every scalar key of the resolved config, flattened."""
+    from tensorboard.plugins.hparams import metadata
+
+    _, run_dir = two_epoch_run
+    found = {}
+    for path in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == metadata.SESSION_START_INFO_TAG:
+                    data = metadata.parse_session_start_info_plugin_data(
+                        value.metadata.plugin_data.content)
+                    found = {k: v for k, v in data.hparams.items()}
+    assert found, "no HParams session in the run's events"
+    assert found["train.batch_size"].number_value == 32
+    assert found["inference.scheme"].string_value == "vae"
+    assert found["model.prior.dim"].number_value > 0
 
 
 def test_resolved_config_runs_again_into_a_new_directory(two_epoch_run):

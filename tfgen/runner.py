@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -97,9 +98,11 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
         try:
             with writer.as_default():
                 metrics["train"] = trainer.fit(interrupt)
+                log_final(metrics["train"], int(trainer.step.numpy()))
                 interrupt.phase = "evaluation"
-                metrics["evaluation"] = evaluate(cfg, scheme, data, run_dir, trainer.history,
-                                                 int(trainer.step.numpy()))
+                metrics["evaluation"], metrics["evaluation_seconds"] = {}, []
+                evaluate(cfg, scheme, data, run_dir, trainer.history, int(trainer.step.numpy()),
+                         metrics["evaluation"], metrics["evaluation_seconds"])
             metrics["status"] = "completed"
         except Interrupted as err:
             metrics["status"] = f"interrupted: {err}"
@@ -114,7 +117,8 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
             raise Interrupted(_stopped_at_once(phase, run_dir, trainer.store.latest)) from None
         except tf.errors.OpError as err:
             phase, interrupt.phase = interrupt.phase, "stopping"
-            at = f" after step {int(trainer.step.numpy())}" if phase == "training" else ""
+            at = (f" after step {int(trainer.step.numpy())}" if phase == "training" else
+                  failed_task(cfg, metrics.get("evaluation_seconds", [])))
             failure = RunFailed(f"{run_dir}: {describe_tf_error(err)} during {phase}{at}; the "
                                 f"last checkpoint is {trainer.store.latest or 'none'}")
             metrics["status"] = f"failed: {failure}"
@@ -158,15 +162,41 @@ def describe_tf_error(err: tf.errors.OpError) -> str:
     return f"TensorFlow failed ({kind}: {detail})"
 
 
-def evaluate(cfg: Config, scheme, data, run_dir: Path, history: list, step: int) -> dict:
+def evaluate(cfg: Config, scheme, data, run_dir: Path, history: list, step: int,
+             results: dict | None = None, seconds: list | None = None) -> dict:
+    """Run the config's ``[[evaluate]]`` tasks in order.  ``results`` and ``seconds`` (one
+    ``{"task", "seconds"}`` entry per task) are filled as each task finishes, so that a task
+    that fails keeps what the tasks before it measured; the failing one is the first task
+    not in ``seconds``."""
     ctx = EvalContext(cfg, scheme, data, run_dir, history, step)
-    results: dict = {}
-    for task in cfg.evaluate:
-        results.update(EVALUATIONS.get(task.name).factory(task.params, ctx) or {})
-    for key, value in results.items():
-        if isinstance(value, float):
-            tf.summary.scalar(f"eval/{key}", value, step=step)
+    results = {} if results is None else results
+    seconds = [] if seconds is None else seconds
+    for i, task in enumerate(cfg.evaluate):
+        start = time.monotonic()
+        found = EVALUATIONS.get(task.name).factory(task.params, ctx) or {}
+        results.update(found)
+        for key, value in found.items():
+            if isinstance(value, float):
+                tf.summary.scalar(f"eval/{key}", value, step=step)
+        seconds.append({"task": f"evaluate[{i}] {task.name}",
+                        "seconds": round(time.monotonic() - start, 3)})
     return results
+
+
+def log_final(train: dict, step: int) -> None:
+    """The training summary's numbers (best validation metric, epochs, speed) as ``final/``
+    scalars: with the ``eval/`` scalars of the evaluation tasks they are the metrics the
+    HParams dashboard shows beside each run's flattened config (written when training
+    starts), so runs can be compared there."""
+    for key, value in train.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            tf.summary.scalar(f"final/{key}", float(value), step=step)
+
+
+def failed_task(cfg: Config, seconds: list) -> str:
+    """' (evaluate[i], task NAME)': the task an evaluation that failed was running."""
+    i = len(seconds)
+    return f" (evaluate[{i}], task {cfg.evaluate[i].name!r})" if i < len(cfg.evaluate) else ""
 
 
 # --------------------------------------------------------------------------- a finished run
@@ -242,14 +272,16 @@ def evaluate_run(run_dir: str, tasks: list[dict] | None, command: str,
             ctx = EvalContext(opened.cfg, opened.scheme, opened.data, opened.run_dir,
                               opened.history, opened.step,
                               figure_tag=hashlib.sha1(key.encode()).hexdigest()[:8])
+            start = time.monotonic()
             results = EVALUATIONS.get(component.name).factory(component.params, ctx) or {}
+            seconds = round(time.monotonic() - start, 3)
             for name, value in results.items():
                 if isinstance(value, float):
                     tf.summary.scalar(f"eval/{name}", value, step=opened.step)
             writer.flush()
             entry = {"task": component.name, "settings": to_dict(component, "task"),
                      "results": results, "step": opened.step, "weights": opened.weights,
-                     "figures": [str(p) for p in ctx.figures],
+                     "figures": [str(p) for p in ctx.figures], "seconds": seconds,
                      "time": dt.datetime.now().isoformat(timespec="seconds")}
             metrics = read_run_metrics(metrics_file)  # as it is now: nothing in it is dropped
             metrics.setdefault(AFTER_RUN, {})[key] = entry

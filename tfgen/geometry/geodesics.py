@@ -155,21 +155,28 @@ def geodesic_acceleration(embed: Embedding, z: tf.Tensor, velocity: tf.Tensor) -
             out = embed(z)
         first = inner.jvp(out, unconnected_gradients=tf.UnconnectedGradients.ZERO)   # J v
     second = outer.jvp(first, unconnected_gradients=tf.UnconnectedGradients.ZERO)    # d^2 g[v, v]
-    metric = tf.einsum("inp,jnp->nij", columns, columns)
-    rhs = tf.einsum("inp,np->ni", columns, second)
-    return -safe_solve(metric, rhs)
+    # the d x d system in float64: far from the data (e.g. under an RBF-precision variance)
+    # M's entries span many orders of magnitude, and a float32 LU met an exactly zero pivot
+    # ("Input matrix is not invertible", latent_geometry.toml); cheap, d is small
+    columns64 = tf.cast(columns, tf.float64)
+    metric = tf.einsum("inp,jnp->nij", columns64, columns64)
+    rhs = tf.einsum("inp,np->ni", columns64, tf.cast(second, tf.float64))
+    return -tf.cast(safe_solve(metric, rhs), z.dtype)
 
 
 def safe_solve(metric: tf.Tensor, rhs: tf.Tensor) -> tf.Tensor:
     """M^-1 rhs per row ([n, d, d], [n, d]); NaN for rows where M or rhs is not finite (a
-    trajectory that blew up), instead of the solver's error, so that a check reports it."""
+    trajectory that blew up), instead of the solver's error, so that a check reports it.
+    Meant for float64 (see :func:`geodesic_acceleration`)."""
     d = metric.shape[-1]
     eye = tf.eye(d, dtype=metric.dtype)
     finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(metric), axis=[1, 2]),
                             tf.reduce_all(tf.math.is_finite(rhs), axis=1))
     # a relative jitter keeps the solve finite where M is nearly singular (and a tiny absolute
-    # one where M = 0, e.g. at a dead-ReLU point)
-    jitter = (1e-6 * tf.linalg.trace(metric)[:, None, None] + 1e-20) * eye
+    # one where M = 0, e.g. at a dead-ReLU point); M is a Gram matrix, so M + jitter is
+    # positive definite and its pivots are not 0
+    trace = tf.where(finite, tf.linalg.trace(metric), 1.0)
+    jitter = (1e-10 * trace[:, None, None] + 1e-30) * eye
     safe = tf.where(finite[:, None, None], metric + jitter, eye)
     out = tf.linalg.solve(safe, tf.where(finite[:, None], rhs, 0.0)[..., None])[..., 0]
     return tf.where(finite[:, None], out, tf.constant(np.nan, metric.dtype))
