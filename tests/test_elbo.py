@@ -146,8 +146,8 @@ def test_the_chunked_importance_estimate_equals_the_unchunked_one():
     weights = []
     for i in range(3):
         chunk_seed = tf.random.experimental.stateless_fold_in(seed, tf.constant(i, tf.int64))
-        proposal, noise = scheme._proposal(q.loc, q.scale.diag, chunk_seed, 100)
-        weights.append(importance_log_likelihood(scheme.model, proposal, images, 100, noise=noise,
+        noise = tf.random.stateless_normal([100, *q.loc.shape], chunk_seed)
+        weights.append(importance_log_likelihood(scheme.model, q, images, 100, noise=noise,
                                                  per_sample=True).numpy())
     expected = logsumexp(np.concatenate(weights)[:250], axis=0) - np.log(250)
     np.testing.assert_allclose(chunked, expected, rtol=1e-6, atol=1e-4)

@@ -866,9 +866,26 @@ BOMBS = [  # (case, scheme, --set, the keys the message must name)
     ("particles and chunk", "pga", ["inference.particles=100000", "train.batch_size=1",
                                     "inference.chunk_size=128"],
      ["inference.chunk_size (128)", "inference.particles (100000)"]),
-    ("importance samples", "vae", ["evaluate.1.samples=100000", "evaluate.1.batch_size=1000"],
-     ["evaluate.1.batch_size (1000)", "evaluate.1.samples (100000)"]),
+    # importance samples are drawn in chunks (K costs no more memory than one chunk); the
+    # chains of annealed importance sampling run at once, with gradients
+    ("ais chains", "vae", ['evaluate.1.estimator="ais"', "evaluate.1.ais_chains=10000",
+                           "evaluate.1.batch_size=1000"],
+     ["evaluate.1.batch_size (1000)", "evaluate.1.ais_chains (10000)"]),
 ]
+
+
+def test_data_that_cannot_fit_are_refused_before_they_are_converted(tmp_path, idx_folder):
+    """data.resize = 20000 on 28 x 28 digits: ~200 GB of float32 images; refused from the
+    selection's size, not by the data loader running out of memory."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(tiny_config(idx_folder, tmp_path / "runs"))
+    result = run_cli("run", str(config), "--quiet", "--set", "data.resize=20000")
+    assert result.returncode == 2, result.stderr
+    line = one_line(result.stderr)
+    assert re.search(r"the data need about [\d.]+ [GT]iB of memory", line), line
+    assert "20000x20000x1" in line and "data.resize" in line and "--no-memory-check" in line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("case,scheme,sets,keys", BOMBS, ids=[b[0] for b in BOMBS])

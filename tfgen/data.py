@@ -118,7 +118,11 @@ def eval_dataset(split: Split, batch_size: int) -> tf.data.Dataset:
 
 # --------------------------------------------------------------------------- loading
 
-def load_data(cfg: DataConfig, seed: int, file: str = "<config>") -> DataBundle:
+def load_data(cfg: DataConfig, seed: int, file: str = "<config>",
+              memory_check: bool = True) -> DataBundle:
+    """The three splits, converted (:func:`_transform`).  With ``memory_check`` a selection
+    whose converted copies cannot fit in memory is refused before conversion
+    (:func:`tfgen.resources.check_data_memory`)."""
     raw, description = _read_source(cfg, file)
     wanted = {"data.train_split": cfg.train_split, "data.val_split": cfg.val_split,
               "data.test_split": cfg.test_split}
@@ -133,6 +137,14 @@ def load_data(cfg: DataConfig, seed: int, file: str = "<config>") -> DataBundle:
         keep = np.random.default_rng(seed).choice(len(train_images), cfg.subsample, replace=False)
         keep.sort()
         train_images, train_labels = train_images[keep], train_labels[keep]
+    if memory_check:
+        from tfgen.resources import check_data_memory  # resources imports the config layer only
+
+        chosen = {"train": train_images, "val": (selected["data.val_split"] or (None,))[0],
+                  "test": (selected["data.test_split"] or (None,))[0]}
+        counts = {k: len(v) for k, v in chosen.items() if v is not None}
+        check_data_memory(counts, _source_shape(train_images), _converted_shape(train_images, cfg),
+                          file)
     low, high = (0.0, 1.0) if cfg.pixel_range == "[0,1]" else (-1.0, 1.0)
     rng = np.random.default_rng([seed, 7])  # fixed binarization of evaluation splits
     splits = {}
@@ -150,6 +162,23 @@ def load_data(cfg: DataConfig, seed: int, file: str = "<config>") -> DataBundle:
     shape = tuple(int(d) for d in splits["train"].images.shape[1:])
     return DataBundle(splits["train"], splits["val"], splits["test"], shape, (low, high),
                       description, cfg)
+
+
+def _source_shape(images: np.ndarray) -> tuple[int, int, int]:
+    """(H, W, C) of raw images ([N, H, W] or [N, H, W, C])."""
+    return (*images.shape[1:3], images.shape[3] if images.ndim == 4 else 1)
+
+
+def _converted_shape(images: np.ndarray, cfg: DataConfig) -> tuple[int, int, int]:
+    """(H, W, C) that :func:`_transform` gives raw images of this shape."""
+    h, w, c = _source_shape(images)
+    if cfg.color == "grayscale" and c == 3:
+        c = 1
+    elif cfg.color == "rgb" and c == 1:
+        c = 3
+    if cfg.resize:
+        h = w = cfg.resize
+    return h, w, c
 
 
 def _transform(images: np.ndarray, cfg: DataConfig, rng: np.random.Generator,

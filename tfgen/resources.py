@@ -203,6 +203,10 @@ def _task_peak(i: int, task, shape: DataShape, act: Activations) -> Term:
     backward = bool(getattr(p, "steps", None))
     keys = tuple(f"evaluate.{i}.{key}" for key in ("batch_size", "num_images", "samples")
                  if getattr(p, key, None))
+    if hasattr(p, "peak_decoder_passes"):  # a task that says how it decodes (log_likelihood)
+        samples, backward, sample_keys = p.peak_decoder_passes()
+        keys = tuple(k for k in keys if not k.endswith(".samples")) + tuple(
+            f"evaluate.{i}.{key}" for key in sample_keys)
     return Term(f"evaluation task {task.name!r}",
                 images * (act.encode(backward) + samples * act.decode(backward)), keys)
 
@@ -369,6 +373,28 @@ def check_memory(cfg: Config, data) -> Estimate:
             f"memory ({parts}), but {format_bytes(available.bytes)} is available "
             f"({available.source}); lower {shown}, or run anyway with --no-memory-check")
     return est
+
+
+def check_data_memory(counts: dict[str, int], source_shape: tuple, out_shape: tuple,
+                      file: str) -> None:
+    """Refuse (ResourceError), before any pixel is converted, splits whose float32 copies do
+    not fit: the converted images of every split, plus the float32 copy of one split at its
+    source size that the conversion makes first.  Catches e.g. a huge ``data.resize``,
+    which would otherwise exhaust memory inside the data loader, before :func:`check_memory`
+    runs."""
+    out_bytes = sum(counts.values()) * math.prod(out_shape) * FLOAT
+    source_bytes = max(counts.values(), default=0) * math.prod(source_shape) * FLOAT
+    total = out_bytes + source_bytes
+    available = available_memory()
+    if available is None or total <= available.bytes:
+        return
+    h, w, c = out_shape
+    splits = ", ".join(f"{name} {n}" for name, n in counts.items())
+    raise ResourceError(
+        f"{file}: the data need about {format_bytes(total)} of memory ({splits} images of "
+        f"{h}x{w}x{c} as float32), but {format_bytes(available.bytes)} is available "
+        f"({available.source}); lower data.resize or select fewer images (data.train_split, "
+        f"data.subsample), or run anyway with --no-memory-check")
 
 
 def _value(cfg: Config, key: str) -> str:

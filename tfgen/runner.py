@@ -58,7 +58,7 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
     else:
         cfg = load_config(config_path, overrides)
     progress = Progress(cfg.logging.progress and not quiet)
-    data = load_data(cfg.data, cfg.experiment.seed, cfg.source_file)
+    data = load_data(cfg.data, cfg.experiment.seed, cfg.source_file, memory_check)
     memory = resources.check_memory(cfg, data) if memory_check else None  # before any variable
     data, scheme, generator = build(cfg, data)
     if resume:

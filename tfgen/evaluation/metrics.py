@@ -1,9 +1,47 @@
-"""Data-set level estimates: mean ELBO terms and importance-sampled log-likelihood over a split."""
+"""Data-set level estimates: mean ELBO terms and the log-likelihood over a split, and the
+log-likelihood in bits per dimension.
+
+Log-likelihoods are reported in nats per image as the mean over the N images of the per-image
+estimates, with the standard error of that mean, sd / sqrt(N) (sample sd, ddof = 1): it covers
+both the spread of log p(y) over images and each estimate's own Monte Carlo noise.  It says
+nothing of the estimator's bias (an importance or AIS estimate is a stochastic lower bound).
+
+Bits per dimension (Theis, van den Oord & Bethge 2016, "A note on the evaluation of
+generative models", sec. 3.1) divide by the number of dimensions D = H W C:
+
+    bits/dim = -log p(y) / (D ln 2).
+
+* Bernoulli (binarized pixels) and Categorical (pixels in k bins) likelihoods give
+  probabilities of the discrete images: ``bits_per_dim`` is that number, directly.
+* Normal and Beta likelihoods give densities of continuous pixel values (Normal: on the data's
+  pixel range, [0, 1] or [-1, 1]; Beta: on pixels rescaled to [0, 1]).  A density can exceed 1
+  and its bits/dim can be negative; it depends on the pixel scale and is not comparable with
+  discrete-data numbers: ``bits_per_dim_density``.
+* When the images are 8-bit integers (data.binarize = 'none', data.bins = 0 and every pixel on
+  the grid low + (high - low) i / 255, i = 0..255: no resize, no colour mixing), the density is
+  also converted to the 0..255 integer scale by the change of variables y = low + (high - low)
+  x / 255 (Theis et al. 2016, sec. 3.1; Papamakarios, Pavlakou & Murray 2017, "Masked
+  autoregressive flow for density estimation", report image densities in bits/pixel of the
+  8-bit images the same way, with data x / 256 and the term D log 256):
+
+      log p(x) = log p(y) - D log(255 / w),   w = the width of the density's pixel scale,
+
+  reported as ``bits_per_dim_8bit`` = bits_per_dim_density + log2(255 / w).  tfgen scales
+  8-bit data by 1/255, hence 255 here, not 256 (a difference of log2(256/255) = 0.0056 bits/dim).
+  This number is comparable with published 8-bit bits/dim only approximately: the images were
+  not dequantized (no uniform noise u in x + u), so p(x) is the density at the bins' points,
+  not the probability P(x) = integral of the density over a bin that Theis et al. bound from
+  below with dequantized data; a density much narrower than one intensity level makes it
+  optimistic.
+"""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from tfgen.data import Split, eval_dataset
+from tfgen.inference.proposals import POSTERIOR, Proposal
 
 
 def mean_elbo(scheme, split: Split, batch_size: int, seed: int, mc_samples: int = 1,
@@ -19,16 +57,59 @@ def mean_elbo(scheme, split: Split, batch_size: int, seed: int, mc_samples: int 
     return {key: value / count for key, value in sums.items()}
 
 
-def mean_log_likelihood(scheme, split: Split, batch_size: int, seed: int, num_samples: int,
-                        max_images: int = 0) -> dict[str, float]:
-    """IWAE estimate of log p(y) averaged over images (nats/image) and its standard error."""
-    values = []
-    for i, (images, _) in enumerate(eval_dataset(_head(split, max_images), batch_size)):
-        values.append(np.asarray(scheme.log_likelihood_estimate(images, [seed, i], num_samples)))
-    values = np.concatenate(values)
+def per_image(estimate, split: Split, batch_size: int, max_images: int = 0) -> np.ndarray:
+    """``estimate(images, batch_index) -> [B]`` over the first ``max_images`` of a split."""
+    values = [np.asarray(estimate(images, i))
+              for i, (images, _) in enumerate(eval_dataset(_head(split, max_images), batch_size))]
+    return np.concatenate(values)
+
+
+def summary(values: np.ndarray) -> dict[str, float]:
+    """Mean per-image log-likelihood (nats) and the standard error of that mean."""
+    values = np.asarray(values, np.float64)
     return {"log_likelihood": float(values.mean()),
-            "log_likelihood_stderr": float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0,
+            "log_likelihood_stderr": (float(values.std(ddof=1) / np.sqrt(len(values)))
+                                      if len(values) > 1 else 0.0),
             "images": int(len(values))}
+
+
+def mean_log_likelihood(scheme, split: Split, batch_size: int, seed: int, num_samples: int,
+                        max_images: int = 0, proposal: Proposal = POSTERIOR) -> dict[str, float]:
+    """Importance-sampled log p(y) (K = ``num_samples`` draws of ``proposal`` per image)
+    averaged over images (nats/image) and its standard error."""
+    return summary(per_image(
+        lambda images, i: scheme.log_likelihood_estimate(images, [seed, i], num_samples, proposal),
+        split, batch_size, max_images))
+
+
+def bits_per_dim(result: dict, likelihood, image_shape, pixel_range,
+                 eight_bit: bool) -> dict[str, float]:
+    """The bits-per-dimension figures of a :func:`summary` (module docstring): ``bits_per_dim``
+    for a discrete likelihood, else ``bits_per_dim_density`` and, for 8-bit data
+    (``eight_bit``), ``bits_per_dim_8bit``; each with its standard error."""
+    from tfgen.models.likelihoods import (BernoulliLikelihood, BetaLikelihood,
+                                          CategoricalLikelihood)
+
+    per_nat = 1.0 / (math.prod(image_shape) * math.log(2.0))
+    bits = -result["log_likelihood"] * per_nat
+    stderr = result["log_likelihood_stderr"] * per_nat
+    if isinstance(likelihood, (BernoulliLikelihood, CategoricalLikelihood)):
+        return {"bits_per_dim": bits, "bits_per_dim_stderr": stderr}
+    out = {"bits_per_dim_density": bits, "bits_per_dim_density_stderr": stderr}
+    if eight_bit:
+        width = 1.0 if isinstance(likelihood, BetaLikelihood) else pixel_range[1] - pixel_range[0]
+        out["bits_per_dim_8bit"] = bits + math.log2(255.0 / width)
+        out["bits_per_dim_8bit_stderr"] = stderr
+    return out
+
+
+def is_8bit(data_config, images: np.ndarray, pixel_range) -> bool:
+    """Whether the images are 8-bit integers in the pixel range (module docstring)."""
+    if data_config.binarize != "none" or data_config.bins:
+        return False
+    low, high = pixel_range
+    levels = (np.asarray(images, np.float64) - low) * (255.0 / (high - low))
+    return bool(np.all(np.abs(levels - np.round(levels)) < 1e-3))
 
 
 def _head(split: Split, max_images: int) -> Split:

@@ -12,9 +12,13 @@ from tfgen.config import Config, field
 from tfgen.data import DataBundle, Split
 from tfgen.errors import ConfigError
 from tfgen.evaluation import figures
-from tfgen.evaluation.metrics import mean_elbo, mean_log_likelihood
+from tfgen.evaluation.ais import AISSettings, ais_log_likelihood
+from tfgen.evaluation.metrics import (bits_per_dim, is_8bit, mean_elbo, mean_log_likelihood,
+                                     per_image, summary)
 from tfgen.evaluation.samplers import Sampler, check_sampler, sample_latents
+from tfgen.inference.base import PosteriorEstimates
 from tfgen.inference.capabilities import LogLikelihood, Posterior, require
+from tfgen.inference.proposals import Proposal
 from tfgen.registry import EVALUATIONS
 
 SplitName = Literal["train", "val", "test"]
@@ -96,21 +100,92 @@ def elbo_task(params: ElboTaskConfig, ctx: EvalContext) -> dict:
 @dataclasses.dataclass
 class LogLikelihoodConfig:
     split: SplitName = field("test")
-    samples: int = field(100, min=1, max=100000, help="importance samples K per image")
+    estimator: Literal["is", "ais"] = field(
+        "is", help="is: importance sampling with K = `samples` draws of `proposal` (Burda et "
+                   "al. 2016); ais: annealed importance sampling (Neal 2001; Wu et al. 2017), "
+                   "slow: for small subsets (max_images), to check the is numbers")
+    samples: int = field(100, min=1, max=100000, help="is: importance samples K per image, "
+                                                      "decoded 100 at a time")
+    proposal: Literal["posterior", "student_t", "scaled"] = field(
+        "posterior", help="is (and ais with ais_start = 'proposal'): q(z | y) itself (the "
+                          "encoder's, or fitted at test time), a multivariate Student-t with q's "
+                          "location and scale and proposal_df degrees of freedom, or q with its "
+                          "scale times proposal_scale")
+    proposal_df: float = field(5.0, gt=0.0, help="student_t: degrees of freedom nu (smaller: "
+                                                 "heavier tails)")
+    proposal_scale: float = field(1.5, gt=0.0, help="scaled: factor c on q's standard "
+                                                    "deviations")
+    ais_steps: int = field(500, min=1, max=1_000_000, help="ais: T annealing distributions, "
+                                                           "sigmoid schedule")
+    ais_chains: int = field(16, min=1, max=10000, help="ais: chains per image")
+    ais_leapfrog: int = field(10, min=1, max=1000, help="ais: leapfrog steps per HMC "
+                                                        "transition (1 = MALA)")
+    ais_step_size: float = field(0.05, gt=0.0, max=0.5, help="ais: initial HMC step size, "
+                                                              "then adapted per image to an "
+                                                              "acceptance of 0.65")
+    ais_start: Literal["prior", "proposal"] = field(
+        "prior", help="ais: the chains start from p(z) (no q needed: no test-time fit for "
+                      "encoder-free schemes) or from `proposal`")
     max_images: int = field(1000, min=0, help="0 = the whole split")
-    batch_size: int = field(50, min=1)
+    batch_size: int = field(50, min=1, help="images at once (ais: times ais_chains chains)")
 
     def check(self, cfg):
         _needs(cfg, LogLikelihood, "log_likelihood")
 
+    def proposal_spec(self) -> Proposal:
+        return Proposal(self.proposal, float(self.proposal_df), float(self.proposal_scale))
+
+    def peak_decoder_passes(self) -> tuple[int, bool, tuple[str, ...]]:
+        """Decoder passes per image at once, whether with a backward pass, and the keys that
+        set them (for tfgen.resources): ais runs all chains with gradients; is decodes at most
+        ``IMPORTANCE_CHUNK`` samples at a time."""
+        if self.estimator == "ais":
+            return self.ais_chains, True, ("ais_chains",)
+        return min(self.samples, PosteriorEstimates.IMPORTANCE_CHUNK), False, ("samples",)
+
 
 @EVALUATIONS.register("log_likelihood", config=LogLikelihoodConfig)
 def log_likelihood_task(params: LogLikelihoodConfig, ctx: EvalContext) -> dict:
-    """Importance-sampled log p(y) with q(z | y) as proposal (IWAE bound, K samples)."""
+    """log p(y) per image, in nats (mean and its standard error over images) and bits per
+    dimension (:mod:`tfgen.evaluation.metrics`).
+
+    ``estimator = 'is'``: the K-sample importance estimate (Burda et al. 2016) with q(z | y) or
+    a widened q as proposal (:mod:`tfgen.inference.proposals`), keys
+    ``<split>_log_likelihood[_<proposal>]`` (no suffix for q itself).  ``'ais'``: annealed
+    importance sampling (:mod:`tfgen.evaluation.ais`, which says why it is this task's
+    estimator rather than a task of its own), keys ``<split>_log_likelihood_ais`` and the
+    transitions' mean acceptance probability ``<split>_ais_acceptance``.  Both are
+    stochastic lower bounds of log p(y)."""
     split = ctx.split(params.split, "evaluate.split")
-    result = mean_log_likelihood(ctx.scheme, split, params.batch_size, ctx.cfg.experiment.seed,
-                                 params.samples, params.max_images)
-    return {f"{params.split}_{k}": v for k, v in result.items()}
+    seed, proposal = ctx.cfg.experiment.seed, params.proposal_spec()
+    if params.estimator == "is":
+        result = mean_log_likelihood(ctx.scheme, split, params.batch_size, seed, params.samples,
+                                     params.max_images, proposal)
+        suffix = proposal.suffix
+    else:
+        settings = AISSettings(params.ais_steps, params.ais_chains, params.ais_leapfrog,
+                               params.ais_step_size, params.ais_start)
+        acceptance = []
+
+        def estimate(images, i):
+            values, rates = ais_log_likelihood(ctx.scheme, images, [seed, i], settings, proposal)
+            acceptance.append(rates)
+            return values
+
+        result = summary(per_image(estimate, split, params.batch_size, params.max_images))
+        result["ais_acceptance"] = float(np.concatenate(acceptance).mean())
+        suffix = "_ais"
+    used = split.images[:result["images"]]
+    result.update(bits_per_dim(result, ctx.model.likelihood, ctx.data.image_shape,
+                               ctx.data.pixel_range,
+                               is_8bit(ctx.cfg.data, used, ctx.data.pixel_range)))
+    named = {}
+    if "ais_acceptance" in result:
+        named[f"{params.split}_ais_acceptance"] = result.pop("ais_acceptance")
+    for key, value in result.items():
+        base, stderr = (key[:-len("_stderr")], "_stderr") if key.endswith("_stderr") else (key, "")
+        named[f"{params.split}_{base}{suffix}{stderr}"] = value
+    return named
 
 
 # --------------------------------------------------------------------------- figures

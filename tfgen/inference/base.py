@@ -18,8 +18,9 @@ from tfgen.data import DataBundle, Split
 from tfgen.errors import ConfigError
 from tfgen.inference.capabilities import (DecoderLikelihood, LatentSampler, LogLikelihood,
                                           Posterior)
-from tfgen.inference.elbo import (ElboTerms, elbo_terms, gaussian_posterior_from_scale,
-                                  importance_log_likelihood)
+from tfgen.inference import proposals
+from tfgen.inference.elbo import ElboTerms, elbo_terms, gaussian_posterior_from_scale
+from tfgen.inference.proposals import POSTERIOR, Proposal
 from tfgen.runtime import compile_step
 
 OPTIMIZERS = {
@@ -92,7 +93,9 @@ class Scheme(tf.Module):
 class PosteriorEstimates(Posterior, LogLikelihood, DecoderLikelihood, LatentSampler):
     """The estimators every scheme with a Gaussian q(z | y) shares, whatever gives the q:
     the ELBO terms and the importance-weighted log-likelihood (seed 001 task 1b; Burda et al.
-    2016), computed in compiled functions of the images and q's parameters."""
+    2016), computed in compiled functions of the images and q's parameters.  The importance
+    proposal is q itself or q widened (:mod:`tfgen.inference.proposals`): one piece for the
+    encoder's q and for a q fitted at test time alike."""
 
     def _compiled(self, name, fn):
         cache = self.__dict__.setdefault("_compiled_estimators", {})
@@ -100,34 +103,30 @@ class PosteriorEstimates(Posterior, LogLikelihood, DecoderLikelihood, LatentSamp
             cache[name] = compile_step(fn, self.cfg.train.compile)
         return cache[name]
 
-    @staticmethod
-    def _proposal(loc, scale, seed, num_samples: int):
-        """q and its reparameterization noise [S, B, d] from a stateless seed."""
+    def _terms_fn(self, images, loc, scale, seed, num_samples: int):
         noise = tf.random.stateless_normal(tf.concat([[num_samples], tf.shape(loc)], 0), seed,
                                            dtype=loc.dtype)
-        return gaussian_posterior_from_scale(loc, scale), noise
-
-    def _terms_fn(self, images, loc, scale, seed, num_samples: int):
-        q, noise = self._proposal(loc, scale, seed, num_samples)
-        return elbo_terms(self.model, q, images, num_samples, noise=noise)
+        return elbo_terms(self.model, gaussian_posterior_from_scale(loc, scale), images,
+                          num_samples, noise=noise)
 
     #: importance samples decoded at once: memory stays O(chunk x batch) whatever K is
     IMPORTANCE_CHUNK = 100
 
-    def _loglik_fn(self, images, loc, scale, seed, num_samples: int):
-        """log 1/K sum_k p(y, z_k) / q(z_k) (Burda et al. 2016, eq. (8)) with the K samples
-        drawn and decoded ``IMPORTANCE_CHUNK`` at a time; the chunks' log-sum-exps are
-        combined exactly (log(e^a + e^b)), so the estimate equals the unchunked one."""
+    def _loglik_fn(self, images, loc, scale, seed, num_samples: int,
+                   proposal: Proposal = POSTERIOR):
+        """log 1/K sum_k p(y, z_k) / r(z_k) (Burda et al. 2016, eq. (8), with the proposal r
+        of :mod:`tfgen.inference.proposals` in place of q) with the K samples drawn and
+        decoded ``IMPORTANCE_CHUNK`` at a time; the chunks' log-sum-exps are combined exactly
+        (log(e^a + e^b)), so the estimate equals the unchunked one."""
         chunk = min(num_samples, self.IMPORTANCE_CHUNK)
         num_chunks = -(-num_samples // chunk)
 
         def body(i, total):
             chunk_seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(i, tf.int64))
-            q, noise = self._proposal(loc, scale, chunk_seed, chunk)
+            z, log_r = proposals.draw(proposal, loc, scale, chunk_seed, chunk)
+            log_weights = self.model.log_joint(z, images) - log_r
             # the last chunk may hold more than the samples left: those get weight 0
             used = tf.range(chunk) < num_samples - i * chunk
-            log_weights = (importance_log_likelihood(self.model, q, images, chunk, noise=noise,
-                                                     per_sample=True))
             log_weights = tf.where(used[:, None], log_weights,
                                    tf.constant(-float("inf"), log_weights.dtype))
             return i + 1, tf.reduce_logsumexp(
@@ -142,10 +141,13 @@ class PosteriorEstimates(Posterior, LogLikelihood, DecoderLikelihood, LatentSamp
         return self._compiled("terms", self._terms_fn)(
             images, q.loc, q.scale.diag, tf.constant(seed, tf.int64), num_samples)
 
-    def log_likelihood_estimate(self, images, seed, num_samples: int) -> tf.Tensor:
+    def log_likelihood_estimate(self, images, seed, num_samples: int,
+                                proposal: Proposal = POSTERIOR) -> tf.Tensor:
+        """Per image [B]: the K-sample importance estimate of log p(y) under ``proposal``."""
         q = self.posterior_for(images, seed)
         return self._compiled("loglik", self._loglik_fn)(
-            images, q.loc, q.scale.diag, tf.constant(seed, tf.int64), num_samples)
+            images, q.loc, q.scale.diag, tf.constant(seed, tf.int64), num_samples,
+            Proposal(*proposal))
 
     def reconstruct(self, images, seed=(0, 0)) -> tf.Tensor:
         """E[y | z = posterior mean]: the reconstruction shown in figures."""

@@ -17,11 +17,22 @@ row (a per-datapoint latent takes a step only when its image is in the batch):
     x' = x - lr (m' / (1 - b1^t')) / (sqrt(v' / (1 - b2^t')) + eps),   t' = t + 1.
 
 SGD with momentum mu (PyTorch's form): u' = mu u + g, x' = x - lr u'.
+
+Hamiltonian Monte Carlo (Duane et al. 1987; Neal 2011, "MCMC using Hamiltonian dynamics",
+Handbook of MCMC ch. 5) for pi(x) with an identity mass matrix: momentum p ~ N(0, I), L
+leapfrog steps of size e (Neal 2011, eqs. (5.18)-(5.20))
+
+    p <- p + e/2 grad log pi(x),  x <- x + e p,  p <- p + e/2 grad log pi(x),
+
+then accept (x', p') with probability min(1, exp(log pi(x') - |p'|^2/2 - log pi(x) + |p|^2/2)),
+else stay at x: pi is left invariant exactly, whatever e and L.  With L = 1 this is the
+Metropolis-adjusted Langevin algorithm with h = e^2 / 2 (Neal 2011, sec. 5.5.2; Roberts &
+Tweedie 1996).
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import tensorflow as tf
 
@@ -68,3 +79,54 @@ def sgd_step(x, grad, velocity, learning_rate, momentum=0.0):
     """One SGD step with (PyTorch-style) momentum; returns (x', velocity')."""
     velocity = momentum * velocity + grad
     return x - learning_rate * velocity, velocity
+
+
+class HMCState(NamedTuple):
+    """A batch of chains at x [..., d] with the target's log density [...] and gradient
+    [..., d] there, and ``extras``: any nest of tensors (leading dims those of the log
+    density) the target function also returns, carried so a caller never recomputes them."""
+
+    x: tf.Tensor
+    log_density: tf.Tensor
+    grad: tf.Tensor
+    extras: object = ()
+
+
+def _keep_where(accept: tf.Tensor, new: tf.Tensor, old: tf.Tensor) -> tf.Tensor:
+    """``new`` where ``accept`` (shape [...]) else ``old`` (shape [..., more])."""
+    mask = tf.reshape(accept, tf.concat([tf.shape(accept),
+                                         tf.ones([tf.rank(new) - tf.rank(accept)], tf.int32)], 0))
+    return tf.where(mask, new, old)
+
+
+def hmc_step(state: HMCState, target: Callable, step_size: tf.Tensor, num_leapfrog: int,
+             seed: tf.Tensor) -> tuple[HMCState, tf.Tensor]:
+    """One HMC transition with accept/reject (module docstring) of every chain of ``state``.
+
+    ``target(x) -> HMCState`` evaluates log pi, its gradient and the extras at x; it is called
+    ``num_leapfrog`` times.  ``step_size`` broadcasts against x (e.g. one per chain or per
+    image).  Returns the new state (the proposal where accepted, else the old state) and the
+    acceptance probabilities min(1, exp(log alpha)), shape [...].  A non-finite proposal is
+    rejected."""
+    momentum_seed, accept_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    momentum = standard_normal(tf.shape(state.x), momentum_seed, state.x.dtype)
+
+    def leapfrog(i, current, p):
+        p = p + 0.5 * step_size * current.grad
+        x = current.x + step_size * p
+        moved = target(x)
+        return i + 1, moved, p + 0.5 * step_size * moved.grad
+
+    _, proposed, end_momentum = tf.while_loop(
+        lambda i, *_: i < num_leapfrog, leapfrog, (tf.constant(0), state, momentum))
+    kinetic = lambda p: 0.5 * tf.reduce_sum(tf.square(p), axis=-1)
+    log_alpha = (proposed.log_density - kinetic(end_momentum)
+                 - state.log_density + kinetic(momentum))
+    log_alpha = tf.where(tf.math.is_finite(log_alpha), log_alpha,
+                         tf.constant(-float("inf"), log_alpha.dtype))
+    log_uniform = tf.math.log(tf.random.stateless_uniform(tf.shape(log_alpha), accept_seed,
+                                                          dtype=log_alpha.dtype))
+    accept = log_uniform < log_alpha
+    new_state = tf.nest.map_structure(lambda new, old: _keep_where(accept, new, old),
+                                      proposed, state)
+    return new_state, tf.exp(tf.minimum(log_alpha, 0.0))
