@@ -15,6 +15,8 @@ scheme) and the schemes that would do.
 * :class:`PerDatapointLatents` -- a table of latents per training image
   (:class:`tfgen.inference.latents.LatentTable`), e.g. PGA's particle cloud.
 * :class:`LogLikelihood` -- an exact or estimated log p(y) for any image.
+* :class:`TrainingLatents` -- latents of the training images: per-datapoint latents or an
+  encoder's means (a scheme has it when it has either; :class:`AnyOf`).
 """
 from __future__ import annotations
 
@@ -81,6 +83,25 @@ class LogLikelihood(Capability):
 
     def log_likelihood_estimate(self, images, seed, num_samples: int) -> tf.Tensor:
         raise NotImplementedError
+
+
+class AnyOf(type):
+    """Metaclass of a capability that a scheme has when it has any one of ``members``."""
+
+    members: tuple = ()
+
+    def __subclasscheck__(cls, subclass) -> bool:
+        return any(issubclass(subclass, member) for member in cls.members)
+
+    def __instancecheck__(cls, instance) -> bool:
+        return cls.__subclasscheck__(type(instance))
+
+
+class TrainingLatents(Capability, metaclass=AnyOf):
+    """Latents of the training images: per-datapoint latents, or the encoder's means."""
+
+    description = "latents of the training images (per-datapoint latents, or an encoder)"
+    members = (PerDatapointLatents, AmortizedPosterior)
 
 
 def scheme_class(cfg):
