@@ -80,3 +80,29 @@ def plot_curves(history: list[dict], keys: list[tuple[str, str]], path: Path, ti
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+#: the embedding projector's largest sprite image (pixels per side)
+MAX_SPRITE = 8192
+
+
+def sprite(images: np.ndarray, pixel_range=(0.0, 1.0)) -> tuple[np.ndarray, tuple[int, int]]:
+    """TensorBoard projector sprite: the images as RGB thumbnails, row-major in a square grid of
+    ceil(sqrt(n)) per side without padding (image i at row i // side, column i % side), shrunk
+    if needed so the sprite stays within MAX_SPRITE pixels.  Returns (uint8 [S_h, S_w, 3],
+    (thumbnail height, width))."""
+    images = np.asarray(images, np.float32)
+    n, h, w, c = images.shape
+    side = max(1, int(np.ceil(np.sqrt(n))))
+    shrink = min(1.0, MAX_SPRITE / (side * max(h, w)))
+    if shrink < 1.0:
+        h, w = max(1, int(h * shrink)), max(1, int(w * shrink))
+        images = tf.image.resize(images, [h, w], antialias=True).numpy()
+    thumbs = to_uint8(images, pixel_range)
+    if c == 1:
+        thumbs = np.repeat(thumbs, 3, axis=-1)
+    out = np.zeros((side * h, side * w, 3), np.uint8)
+    for i in range(n):
+        r, col = divmod(i, side)
+        out[r * h:(r + 1) * h, col * w:(col + 1) * w] = thumbs[i, ..., :3]
+    return out, (h, w)
