@@ -327,7 +327,8 @@ pairs = 6
 steps = 20
 segments = 6
 show = 2
-shooting = 0
+shooting = 2
+ode_steps = 10
 resolution = 10
 
 [[evaluate]]
@@ -363,6 +364,9 @@ def test_geometry_tasks_run_end_to_end(tmp_path, idx_folder):
         assert np.isfinite(evaluation[key]), key
     # started at constant speed, the energy minimisation can only shorten a curve
     assert evaluation["geodesics_length_ratio_max"] <= 1.0 + 1e-3
+    # the shooting check reports how many ODE solutions reached the end point
+    assert 0.0 <= evaluation["geodesics_shooting_converged_fraction"] <= 1.0
+    assert evaluation["geodesics_shooting_miss_median"] <= evaluation["geodesics_shooting_miss_max"]
     for name in ["metric_map_both", "geodesics", "geodesics_images", "random_walk_paths",
                  "random_walk_euclidean", "random_walk_riemannian", "geodesic_kmeans",
                  "rbf_precision_sigma"]:
