@@ -267,7 +267,7 @@ num_samples = 40
 kid_subsets = 5
 kid_subset_size = 20
 gmm = {{ components = 2, restarts = 2 }}
-classifier = {{ epochs = 2, batch_size = 32 }}
+classifier = {{ epochs = 2, batch_size = 32, train_split = "train" }}
 """
 
 
@@ -287,11 +287,15 @@ def test_sample_quality_task_in_a_run_and_again_with_tfgen_eval(idx_folder, tmp_
     assert found["fid_classifier_accuracy"] > 0.5
     assert Path(found["fid_classifier_path"]).parent == tmp_path / "runs" / ".cache" / "classifiers"
     assert (run_dir / "figures" / "quality_samples_gmm.png").exists()
+    # trained on the data set's split (all 160 training images), not the run's train[:128]
+    recipe = json.loads((Path(found["fid_classifier_path"]) / "recipe.json").read_text())["recipe"]
+    assert recipe["data"]["train_split"] == "train" and recipe["data"]["train_images"] == 160
     # tfgen eval: the cached classifier, the same numbers
     again = run_cli("eval", str(run_dir), "--task", "sample_quality", "--set", "sampler=gmm",
                     "--set", "num_samples=40", "--set", "kid_subsets=5", "--set", "kid_subset_size=20",
                     "--set", "gmm.components=2", "--set", "gmm.restarts=2",
-                    "--set", "classifier.epochs=2", "--set", "classifier.batch_size=32")
+                    "--set", "classifier.epochs=2", "--set", "classifier.batch_size=32",
+                    "--set", "classifier.train_split=train")
     assert again.returncode == 0, again.stderr
     after = json.loads((run_dir / "metrics.json").read_text())["evaluations_after_run"]
     entry = next(iter(after.values()))["results"]

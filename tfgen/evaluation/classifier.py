@@ -7,8 +7,10 @@ a small conv net (``ARCHITECTURE``)
     conv 3x3, 32, ReLU -> max-pool 2 -> conv 3x3, 64, ReLU -> max-pool 2 -> flatten
     -> dense 128, ReLU  (the "penultimate" features, D = 128) -> dense n_classes (the "logits")
 
-('same' padding, Glorot-uniform weights seeded from ``seed``), trained on the labelled
-training split (every image of ``data.train_split``, in the data's pixel range) with
+('same' padding, Glorot-uniform weights seeded from ``seed``), trained on the data set's
+labelled training split (``train_split``, default "train[:50000]", as ``data.train_split``'s
+default; in the run's pixel
+range and transforms, whatever part of it the run itself trains on) with
 softmax cross-entropy, Adam (``learning_rate``, cosine-decayed to 0 over the training;
 Loshchilov & Hutter 2017), ``epochs`` passes in batches of
 ``batch_size`` in an order drawn from ``seed``; its accuracy is measured on the test split
@@ -40,8 +42,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfgen.config import field
-from tfgen.data import DataBundle, Split
-from tfgen.errors import TfgenError
+from tfgen.data import DataBundle, Split, load_data
+from tfgen.errors import ConfigError, TfgenError
 
 RECIPE_VERSION = 1
 ARCHITECTURE = ("conv3x3-32-relu, maxpool2, conv3x3-64-relu, maxpool2, flatten, "
@@ -59,6 +61,10 @@ class ClassifierConfig:
     feature_layer: FeatureLayer = field("penultimate", help="penultimate: the 128 ReLU units "
                                                             "before the output; logits: the outputs")
     seed: int = field(0, min=0, help="seeds the weights and the order of the training images")
+    train_split: str = field("train[:50000]", help="the data set's labelled images it trains on, "
+                                           "whatever the run trains on (data.train_split, "
+                                           "data.subsample): runs on one data set share it")
+    test_split: str = field("test", help="the images its accuracy is measured on")
 
 
 def build_network(image_shape, classes: int, seed: int) -> keras.Model:
@@ -230,9 +236,30 @@ def _load(path: Path, spec: dict, data: DataBundle, classes: int, seed: int):
         return None
 
 
-def load_or_train(params: ClassifierConfig, data: DataBundle, root: Path) -> FeatureClassifier:
+def classifier_data(params: ClassifierConfig, data: DataBundle, key: str) -> DataBundle:
+    """The data set's own labelled splits (``params.train_split`` / ``test_split``) with the
+    run's source and pixel transforms: not the run's selection, so runs that train on
+    different subsets of one data set get the same classifier and comparable FIDs."""
+    run = data.config
+    if (run.train_split, run.test_split, run.subsample) == (params.train_split,
+                                                             params.test_split, 0):
+        return data  # the run trains on exactly these images: nothing to load again
+    config = dataclasses.replace(run, train_split=params.train_split, val_split="",
+                                 test_split=params.test_split, subsample=0)
+    try:
+        return load_data(config, params.seed, key)
+    except ConfigError as err:
+        raise TfgenError(f"{key}.train_split / test_split ({params.train_split!r}, "
+                         f"{params.test_split!r}) do not select the data set's labelled images: "
+                         f"{err}") from None
+
+
+def load_or_train(params: ClassifierConfig, data: DataBundle, root: Path,
+                  key: str = "evaluate.classifier") -> FeatureClassifier:
     """The classifier of this recipe: from the cache under ``root`` if it holds it, else
-    trained now, its accuracy measured, and cached."""
+    trained now on the data set's labelled images (:func:`classifier_data`), its accuracy
+    measured, and cached."""
+    data = classifier_data(params, data, key)
     labels = data.train.labels
     if not len(labels) or (labels < 0).any():
         raise TfgenError("the feature classifier needs labels for every training image; this "

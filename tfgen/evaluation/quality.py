@@ -47,11 +47,13 @@ def classifier_root(ctx: EvalContext) -> Path:
     return ctx.run_dir.parent.parent / ".cache" / "classifiers"
 
 
-def check_classifier_data(cfg: Config, key: str) -> None:
-    if not (cfg.data.test_split or cfg.data.val_split):
-        raise ConfigError(cfg.source_file, key, "the feature classifier's accuracy is measured "
-                          "on the test (or validation) split, and both are empty",
-                          "classifier", "data.test_split or data.val_split set")
+def check_classifier_data(cfg: Config, classifier: ClassifierConfig, key: str) -> None:
+    """The classifier trains and is tested on the data set's own labelled splits."""
+    for name in ("train_split", "test_split"):
+        if not getattr(classifier, name):
+            raise ConfigError(cfg.source_file, f"{key}.{name}", "the feature classifier needs "
+                              "the data set's labelled training and test images", "",
+                              "a split of the data set, e.g. 'train' and 'test'")
 
 
 # --------------------------------------------------------------------------- sample_quality
@@ -94,7 +96,7 @@ class SampleQualityConfig:
                               "k must be smaller than the number of images in each set",
                               self.nearest_neighbours, "< num_samples and < max_reference")
         if self.features == "classifier":
-            check_classifier_data(cfg, f"{key}.features")
+            check_classifier_data(cfg, self.classifier, f"{key}.classifier")
         else:
             gone = inception.missing(self.inception_python)
             if gone:
@@ -150,7 +152,8 @@ def sample_quality_task(params: SampleQualityConfig, ctx: EvalContext) -> dict:
     generated = generate(ctx.scheme, params, seed, ctx.cfg.train.compile)
     results: dict = {}
     if params.features == "classifier":
-        model = load_or_train(params.classifier, ctx.data, classifier_root(ctx))
+        model = load_or_train(params.classifier, ctx.data, classifier_root(ctx),
+                              f"{task_key(ctx.cfg, params)}.classifier")
         extract = lambda images: model.features(images, params.batch_size)  # noqa: E731
         results.update({"fid_classifier_accuracy": model.accuracy,
                         "fid_classifier_accuracy_split": model.accuracy_split,
@@ -188,13 +191,14 @@ class FeatureClassifierTaskConfig:
     classifier: ClassifierConfig = field(factory=ClassifierConfig)
 
     def check(self, cfg: Config) -> None:
-        check_classifier_data(cfg, f"{task_key(cfg, self)}.classifier")
+        check_classifier_data(cfg, self.classifier, f"{task_key(cfg, self)}.classifier")
 
 
 @EVALUATIONS.register("feature_classifier", config=FeatureClassifierTaskConfig)
 def feature_classifier_task(params: FeatureClassifierTaskConfig, ctx: EvalContext) -> dict:
     """Train (or load from the cache) the classifier whose features FID uses; its accuracy."""
-    model = load_or_train(params.classifier, ctx.data, classifier_root(ctx))
+    model = load_or_train(params.classifier, ctx.data, classifier_root(ctx),
+                          f"{task_key(ctx.cfg, params)}.classifier")
     return {"feature_classifier_accuracy": model.accuracy,
             "feature_classifier_accuracy_split": model.accuracy_split,
             "feature_classifier_train_seconds": model.train_seconds,
