@@ -3,6 +3,8 @@ the resolved config, overrides, resume equivalence, NaN handling and Ctrl-C."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,6 +142,28 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path, idx_fol
     assert len(json.loads((run_dir / "run.json").read_text())["sessions"]) == 2
 
 
+def test_steps_per_execution_trains_the_same_steps(tmp_path, idx_folder):
+    """3 steps per host round trip (an epoch of 4 steps: calls of 3 and 1): the same batches,
+    noise and updates as one step per call, so the same history and test ELBO; the epoch
+    means are summed in another order (float64)."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(tiny_config(idx_folder, tmp_path / "runs", epochs=2))
+    got = []
+    for per_call in (1, 3):
+        out = tmp_path / f"runs{per_call}"
+        result = run_cli("run", str(config), "--quiet", "--set", f"experiment.output_dir={str(out)!r}",
+                         "--set", f"train.steps_per_execution={per_call}")
+        assert result.returncode == 0, result.stderr
+        got.append(json.loads((only_run_dir(out) / "metrics.json").read_text()))
+    one, three = got
+    assert [h["step"] for h in one["history"]] == [h["step"] for h in three["history"]] == [4, 8]
+    for a, b in zip(one["history"], three["history"]):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-9), key
+    assert one["evaluation"]["test_elbo"] == pytest.approx(three["evaluation"]["test_elbo"], rel=1e-9)
+
+
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, idx_folder):
     out = tmp_path / "runs"
     config = tmp_path / "nan.toml"
@@ -158,6 +182,14 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")) == good
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"].startswith("failed: training diverged")
+    # with 3 steps per call the divergence is found on the device at the same step
+    step = re.search(r"at step (\d+)", result.stderr).group(1)
+    again = tmp_path / "again"
+    shutil.copytree(run_dir, again)
+    result = run_cli("run", "--resume", str(again), "--quiet", "--set", "train.epochs=3",
+                     "--set", "train.learning_rate=1e30", "--set", "train.steps_per_execution=3")
+    assert result.returncode == 3, result.stderr
+    assert f"at step {step} " in result.stderr, (step, result.stderr)
 
 
 def test_resume_with_an_incompatible_change_is_a_clear_error(two_epoch_run):

@@ -122,6 +122,9 @@ class TrainConfig:
     epochs: int = field(10, min=0)
     batch_size: int = field(256, min=1)
     steps_per_epoch: int = field(0, min=0, help="cap on steps per epoch (0 = one pass over the data)")
+    steps_per_execution: int = field(
+        1, min=1, max=100000, help="training steps per host round trip (one compiled loop; "
+                                   "metrics are read back only at logging steps and epoch ends)")
     optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = field("adam")
     learning_rate: float = field(1e-3, gt=0.0)
     compile: Literal["auto", "graph", "xla", "eager"] = field(

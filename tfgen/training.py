@@ -35,6 +35,7 @@ from tfgen.checkpoints import CheckpointMismatch, CheckpointStore, NoIntactCheck
 from tfgen.config import Config
 from tfgen.data import DataBundle, train_dataset
 from tfgen.errors import CheckpointError, ConfigError, TfgenError, TrainingDiverged
+from tfgen.execution import StepExecutor
 from tfgen.inference.capabilities import AmortizedPosterior
 from tfgen.rundir import atomic_write
 
@@ -97,14 +98,17 @@ class Progress:
         self.tty = sys.stderr.isatty()
         self._last = 0.0
 
-    def update(self, epoch: int, epochs: int, done: int, total: int, loss: float, rate: float,
+    def update(self, epoch: int, epochs: int, done: int, total: int, loss, rate: float,
                step: int, final: bool = False) -> None:
+        """``loss``: a number, or a function giving it (called only if the line is drawn)."""
         if not self.enabled:
             return
         now = time.monotonic()
         if not final and (not self.tty or now - self._last < 0.2):
             return
         self._last = now
+        if callable(loss):  # read from the device only when the line is drawn
+            loss = loss()
         width = 24
         filled = int(width * done / max(total, 1))
         bar = "#" * filled + "." * (width - filled)
@@ -163,6 +167,10 @@ class Trainer:
         ckpt_dir = run_dir / "checkpoints"
         self.store = CheckpointStore(self.checkpoint, ckpt_dir, cfg.train.keep_checkpoints)
         self.best_store = CheckpointStore(self.best_checkpoint, ckpt_dir / "best", 1)
+        self.executor = StepExecutor(
+            scheme.train_step, {"step": self.step, "batches": self.batches_in_epoch,
+                                "images": self.images_in_epoch, "images_seen": self.images_seen},
+            cfg.train.compile)
         self._unsaved = True  # training state changed since the last checkpoint
         self.history: list[dict] = []
         self.history_path = run_dir / "history.json"
@@ -240,6 +248,7 @@ class Trainer:
         if int(self.step.numpy()) == 0:
             self._log_hparams()
         sigint_after_step = int(os.environ.get(SIGINT_HOOK, "-1"))
+        self._host_step = int(self.step.numpy())  # the step counter, known without reading it
         while int(self.epoch.numpy()) < epochs:
             epoch = int(self.epoch.numpy())
             if self.stopped_early or self._early_stop_due():
@@ -255,45 +264,49 @@ class Trainer:
             window_start, window_images = time.monotonic(), 0
             epoch_start, epoch_images = window_start, 0
             rate = 0.0
-            for images, indices in self._epoch_batches(epoch, first, left):
+            per_call = cfg.train.steps_per_execution
+            batches = iter(self._epoch_batches(epoch, first, left))
+            while left > 0:
+                n = min(per_call, math.ceil(left / batch_size))
+                # the batches of this call: whole ones, the epoch's last may be smaller
+                images = min(n * batch_size, left)
                 t0 = time.monotonic()
-                out = self.scheme.train_step(images, indices)
-                values = {k: float(v) for k, v in out.items()}
+                ran = self.executor.run(batches, tf.constant(n, tf.int64))
+                finite = bool(ran.finite)  # the one value read back on every call
                 train_time += time.monotonic() - t0
-                step = int(self.step.assign_add(1).numpy())
-                if step == sigint_after_step:
+                step_before, step = self._host_step, self._host_step + n
+                self._host_step = step
+                if step_before < sigint_after_step <= step:
                     os.kill(os.getpid(), signal.SIGINT)
-                batch = int(images.shape[0])
-                for counter, value in ((self.batches_in_epoch, 1), (self.images_in_epoch, batch),
-                                       (self.images_seen, batch)):
-                    counter.assign_add(value)
                 self._unsaved = True
-                done += 1
-                left -= batch
-                images_seen += batch
-                window_images += batch
-                epoch_images += batch
-                if not math.isfinite(values["loss"]):
-                    self._diverged(values["loss"], step, epoch)
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v * batch
-                count += batch
-                if step % cfg.logging.every_steps == 0:
+                done += n
+                left -= images
+                images_seen += images
+                window_images += images
+                epoch_images += images
+                if not finite:
+                    self._diverged(float(ran.bad_loss), int(ran.bad_step), epoch)
+                for k, v in ran.sums.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += images
+                if step // cfg.logging.every_steps > step_before // cfg.logging.every_steps:
                     elapsed = time.monotonic() - window_start
                     rate = window_images / max(elapsed, 1e-9)
-                    self._log_step(values, step, rate)
+                    weight = float(ran.images)
+                    self._log_step({k: float(v) / weight for k, v in ran.sums.items()}, step, rate)
                     window_start, window_images = time.monotonic(), 0
-                if step % cfg.logging.images_every_steps == 0:
+                if step // cfg.logging.images_every_steps > step_before // cfg.logging.images_every_steps:
                     self._log_images(step)
-                self.progress.update(epoch, epochs, done, total, values["loss"],
+                self.progress.update(epoch, epochs, done, total, lambda: float(ran.last["loss"]),
                                      rate or window_images / max(time.monotonic() - window_start, 1e-9),
                                      step)
                 if interrupt.requested and left > 0:
-                    self.partial.assign(json.dumps({"sums": sums, "count": count}))
+                    self.partial.assign(json.dumps({"sums": {k: float(v) for k, v in sums.items()},
+                                                    "count": count}))
                     self._interrupted(interrupt)
             epoch_rate = epoch_images / max(time.monotonic() - epoch_start, 1e-9)
             record = {"epoch": epoch + 1, "step": int(self.step.numpy())}
-            record.update({f"train_{k}": v / max(count, 1) for k, v in sums.items()})
+            record.update({f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()})
             record.update(self.validate(epoch))
             self.history.append(record)
             self._log_epoch(record)
