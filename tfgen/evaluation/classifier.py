@@ -11,7 +11,8 @@ a small conv net (``ARCHITECTURE``)
 labelled training split (``train_split``, default "train[:50000]", as ``data.train_split``'s
 default; in the run's pixel
 range and transforms, whatever part of it the run itself trains on) with
-softmax cross-entropy, Adam (``learning_rate``, cosine-decayed to 0 over the training;
+softmax cross-entropy (each batch binarized afresh when ``data.binarize = "dynamic"``, as the
+model's own training images are), Adam (``learning_rate``, cosine-decayed to 0 over the training;
 Loshchilov & Hutter 2017), ``epochs`` passes in batches of
 ``batch_size`` in an order drawn from ``seed``; its accuracy is measured on the test split
 (the validation split if there is none) and reported beside every FID.
@@ -45,7 +46,7 @@ from tfgen.config import field
 from tfgen.data import DataBundle, Split, load_data
 from tfgen.errors import ConfigError, TfgenError
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: dynamically binarized data are binarized for training too
 ARCHITECTURE = ("conv3x3-32-relu, maxpool2, conv3x3-64-relu, maxpool2, flatten, "
                 "dense128-relu [penultimate], dense<classes> [logits]")
 FeatureLayer = Literal["penultimate", "logits"]
@@ -189,11 +190,20 @@ def train(params: ClassifierConfig, data: DataBundle, classes: int) -> tuple[ker
         return loss
 
     rng = np.random.default_rng(params.seed)
+    # with data.binarize = "dynamic" the model trains on, is tested on and generates binary
+    # images (the stored training images are the grey levels it draws them from): so does
+    # the classifier, with a fresh draw per batch
+    dynamic = data.config.binarize == "dynamic"
+    low, high = data.pixel_range
     for _ in range(params.epochs):
         order = rng.permutation(len(images))
         for i in range(0, len(order), params.batch_size):
             batch = order[i:i + params.batch_size]
-            step(tf.constant(images[batch]), tf.constant(labels[batch]))
+            x = images[batch]
+            if dynamic:
+                p = (x - low) / (high - low)
+                x = np.where(rng.random(x.shape, dtype=np.float32) < p, high, low).astype(np.float32)
+            step(tf.constant(x), tf.constant(labels[batch]))
     return network, time.monotonic() - start
 
 
