@@ -172,15 +172,22 @@ def evaluate(cfg: Config, scheme, data, run_dir: Path, history: list, step: int,
     results = {} if results is None else results
     seconds = [] if seconds is None else seconds
     for i, task in enumerate(cfg.evaluate):
-        start = time.monotonic()
-        found = EVALUATIONS.get(task.name).factory(task.params, ctx) or {}
+        found, took = run_task(task, ctx)
         results.update(found)
-        for key, value in found.items():
-            if isinstance(value, float):
-                tf.summary.scalar(f"eval/{key}", value, step=step)
-        seconds.append({"task": f"evaluate[{i}] {task.name}",
-                        "seconds": round(time.monotonic() - start, 3)})
+        seconds.append({"task": f"evaluate[{i}] {task.name}", "seconds": took})
     return results
+
+
+def run_task(component, ctx: EvalContext) -> tuple[dict, float]:
+    """One ``[[evaluate]]`` task: its results (scalars also to TensorBoard as ``eval/<name>``
+    at the context's step) and its wall seconds."""
+    start = time.monotonic()
+    results = EVALUATIONS.get(component.name).factory(component.params, ctx) or {}
+    seconds = round(time.monotonic() - start, 3)
+    for name, value in results.items():
+        if isinstance(value, float):
+            tf.summary.scalar(f"eval/{name}", value, step=ctx.step)
+    return results, seconds
 
 
 def log_final(train: dict, step: int) -> None:
@@ -272,12 +279,7 @@ def evaluate_run(run_dir: str, tasks: list[dict] | None, command: str,
             ctx = EvalContext(opened.cfg, opened.scheme, opened.data, opened.run_dir,
                               opened.history, opened.step,
                               figure_tag=hashlib.sha1(key.encode()).hexdigest()[:8])
-            start = time.monotonic()
-            results = EVALUATIONS.get(component.name).factory(component.params, ctx) or {}
-            seconds = round(time.monotonic() - start, 3)
-            for name, value in results.items():
-                if isinstance(value, float):
-                    tf.summary.scalar(f"eval/{name}", value, step=opened.step)
+            results, seconds = run_task(component, ctx)
             writer.flush()
             entry = {"task": component.name, "settings": to_dict(component, "task"),
                      "results": results, "step": opened.step, "weights": opened.weights,

@@ -28,6 +28,7 @@ absent; it is reused whenever the recipe is the same and trained again only when
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -42,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfgen.config import field
+from tfgen.config import DataConfig, field
 from tfgen.data import DataBundle, Split, load_data
 from tfgen.errors import ConfigError, TfgenError
 
@@ -257,11 +258,18 @@ def classifier_data(params: ClassifierConfig, data: DataBundle, key: str) -> Dat
     config = dataclasses.replace(run, train_split=params.train_split, val_split="",
                                  test_split=params.test_split, subsample=0)
     try:
-        return load_data(config, params.seed, key)
+        return _load_once(json.dumps(dataclasses.asdict(config), sort_keys=True), params.seed)
     except ConfigError as err:
         raise TfgenError(f"{key}.train_split / test_split ({params.train_split!r}, "
                          f"{params.test_split!r}) do not select the data set's labelled images: "
                          f"{err}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _load_once(config_json: str, seed: int) -> DataBundle:
+    """load_data, kept for the next task of the same run (e.g. sample_quality with two
+    samplers): the data set is read and converted once per process."""
+    return load_data(DataConfig(**json.loads(config_json)), seed, "the feature classifier's data")
 
 
 def load_or_train(params: ClassifierConfig, data: DataBundle, root: Path,

@@ -55,13 +55,6 @@ class MAP(PerDatapointScheme):
     validation_metrics = ("loss", "log_likelihood", "log_prior")
     monitor = "loss"  # -(lambda log p(z*) + log p(y | z*)) on the validation images
     table_name = "point_latents"
-    default_evaluations = (  # a fitted q costs an optimisation per image: 1000 test images
-        {"task": "elbo", "max_images": 1000},
-        "reconstructions",
-        {"task": "samples", "sampler": "particle_gaussian"},
-        {"task": "samples", "sampler": "prior"},
-        "curves",
-    )
 
     def initial_rows(self, params: MAPConfig, model, seed):
         return self.initial_latents(params, model, seed)

@@ -110,6 +110,13 @@ class PerDatapointScheme(Scheme, PerDatapointLatents, FittedPosterior):
 
     monitor = "loss"
     table_name = "latents"
+    default_evaluations = (  # a fitted q costs an optimisation per image: 1000 test images
+        {"task": "elbo", "max_images": 1000},
+        "reconstructions",
+        {"task": "samples", "sampler": "prior"},
+        {"task": "samples", "sampler": "particle_gaussian"},
+        "curves",
+    )
 
     def __init__(self, params: PerDatapointConfig, model, data, cfg, generator, strategy):
         self.num_images = len(data.train)

@@ -64,13 +64,6 @@ class SVI(PerDatapointScheme):
     validation_metrics = ("elbo", "reconstruction", "kl", "loss")
     monitor = "loss"  # -ELBO on the validation images
     table_name = "variational_params"
-    default_evaluations = (  # a fitted q costs an optimisation per image: 1000 test images
-        {"task": "elbo", "max_images": 1000},
-        "reconstructions",
-        {"task": "samples", "sampler": "prior"},
-        {"task": "samples", "sampler": "particle_gaussian"},
-        "curves",
-    )
 
     def initial_rows(self, params: SVIConfig, model, seed):
         mean = self.initial_latents(params, model, seed)
