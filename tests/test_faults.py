@@ -934,14 +934,14 @@ def _poison_the_train_step(monkeypatch) -> None:
     """A real TensorFlow runtime error inside the compiled step (check_numerics on a NaN)."""
     from tfgen.inference.vae import VAE
 
-    step = VAE._train_step
+    step = VAE.replica_step
 
-    def poisoned(self, images, indices):
-        out = step(self, images, indices)
+    def poisoned(self, images, indices, batch):
+        out = step(self, images, indices, batch)
         out["loss"] = tf.debugging.check_numerics(out["loss"] * np.nan, "poisoned step")
         return out
 
-    monkeypatch.setattr(VAE, "_train_step", poisoned)
+    monkeypatch.setattr(VAE, "replica_step", poisoned)
 
 
 def test_a_tensorflow_error_in_training_is_one_line_naming_the_run(tmp_path, idx_folder,

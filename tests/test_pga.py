@@ -17,7 +17,7 @@ from conftest import build_in_memory, run_cli
 from tfgen.config import from_dict
 from tfgen.errors import ConfigError
 from tfgen.evaluation import completion as inpainting, samplers
-from tfgen.inference import kernels
+from tfgen.distribute import SALT_LANGEVIN, single_replica_batch, step_seed
 from tfgen.models.model import build_model
 
 
@@ -58,11 +58,14 @@ def copy_generator(generator: tf.random.Generator) -> tf.random.Generator:
     return tf.random.Generator.from_state(generator.state.numpy(), generator.algorithm)
 
 
-def replayed_noise(generator: tf.random.Generator, shape) -> np.ndarray:
-    """The Langevin noise the scheme's next move draws: the shared kernel's normals from the
-    next seed of (a copy of) the run's generator."""
-    replay = copy_generator(generator)
-    return kernels.standard_normal(shape, kernels.seeds_from(replay)).numpy()
+def next_step_seed(scheme) -> tf.Tensor:
+    """The seed the scheme's next step draws, from a copy of the run's generator."""
+    return step_seed(copy_generator(scheme.generator))
+
+
+def replayed_noise(scheme) -> np.ndarray:
+    """The Langevin noise [M, N, d] the next "all" particle update draws (per row chunk)."""
+    return scheme.particle_noise(next_step_seed(scheme))
 
 
 # --------------------------------------------------------------------------- (a) PPCA
@@ -125,9 +128,10 @@ def test_particle_update_is_the_hand_computed_langevin_step(chunk_size):
     images = np.random.default_rng(3).normal(size=(M, 1, D, 1)).astype(np.float32)
     scheme = make_pga(images, d, {"particles": 5, "step_size": h, "chunk_size": chunk_size})
     scheme.model.decoder.head.bias.assign(np.linspace(-1, 1, D).astype(np.float32))
-    noise = replayed_noise(scheme.generator, [M, 5, d]).astype(np.float64)
+    seed = next_step_seed(scheme)
+    noise = scheme.particle_noise(seed).astype(np.float64)
     expected = normal_langevin_expected(scheme, images, h, noise)
-    tf.function(scheme.update_all_particles)()
+    tf.function(scheme.update_all_particles)(seed)
     np.testing.assert_allclose(scheme.particle_cloud.numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -137,7 +141,7 @@ def test_train_step_moves_particles_with_theta_k_then_updates_theta():
     images = np.random.default_rng(4).normal(size=(M, 1, D, 1)).astype(np.float32)
     scheme = make_pga(images, d, {"particles": 3, "step_size": h, "chunk_size": 4}, batch_size=3)
     W0, b0 = linear_theta(scheme)
-    expected = normal_langevin_expected(scheme, images, h, replayed_noise(scheme.generator, [M, 3, d]))
+    expected = normal_langevin_expected(scheme, images, h, replayed_noise(scheme))
     idx = np.array([4, 0, 2])
     out = scheme.train_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
     np.testing.assert_allclose(scheme.particle_cloud.numpy(), expected, rtol=1e-4, atol=1e-5)
@@ -242,12 +246,14 @@ def test_xla_step_equals_the_graph_step(mode):
                                       "step_size": h},
                           decoder={"name": "residual_decoder", "channels": 4, "residual_layers": 1},
                           batch_size=3, pixel_range=(-1.0, 1.0), compile_mode=compile_mode)
-        replay = copy_generator(scheme.generator)
+        seed = next_step_seed(scheme)
         rows = idx if mode == "batch" else np.arange(len(images))
-        draw = tf.function(lambda: kernels.standard_normal([len(rows), 2, 3],
-                                                           kernels.seeds_from(replay)),
-                           jit_compile=compile_mode == "xla")
-        noise = draw().numpy()
+        if mode == "batch":  # per image of the batch (sorted by the trainer; here as given)
+            draw = lambda: single_replica_batch(seed, tf.constant(idx)).normal(
+                [2, 3], SALT_LANGEVIN)
+        else:  # per chunk of rows
+            draw = lambda: tf.concat([scheme.chunk_noise(seed, j) for j in range(3)], 0)[:5]
+        noise = tf.function(draw, jit_compile=compile_mode == "xla")().numpy()
         before = scheme.particle_cloud.numpy()
         out = scheme.train_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
         after = scheme.particle_cloud.numpy()

@@ -21,7 +21,7 @@ from scipy import stats
 from conftest import build_in_memory, run_cli
 from tfgen.config import from_dict
 from tfgen.errors import ConfigError
-from tfgen.inference import kernels
+from tfgen.distribute import SALT_REPARAMETERIZE, single_replica_batch, step_seed
 
 D, d, SIGMA, M = 5, 2, 1.0, 300
 
@@ -185,9 +185,13 @@ def test_map_validation_fits_decoders_that_are_flat_at_the_origin():
 # --------------------------------------------------------------------------- the row step
 
 def replayed_noise(generator, shape) -> np.ndarray:
-    """The normals the scheme's next step draws: from the next seed of a copy of its generator."""
+    """The normals [S, b, d] the scheme's next step draws: per image, from the next step seed
+    of a copy of its generator (tfgen.distribute.ReplicaBatch)."""
     replay = tf.random.Generator.from_state(generator.state.numpy(), generator.algorithm)
-    return kernels.standard_normal(shape, kernels.seeds_from(replay)).numpy().astype(np.float64)
+    samples, b, d = shape
+    batch = single_replica_batch(step_seed(replay), tf.zeros([b], tf.int64))
+    noise = batch.normal([samples, d], SALT_REPARAMETERIZE).numpy().astype(np.float64)
+    return noise.transpose(1, 0, 2)
 
 
 @pytest.mark.parametrize("scheme_name", ["svi", "map"])

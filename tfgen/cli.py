@@ -113,6 +113,10 @@ def run(
     memory_check: bool = typer.Option(True, "--memory-check/--no-memory-check",
                                       help="Refuse a configuration whose estimated memory need "
                                            "exceeds the available memory (on by default)."),
+    worker_index: Optional[int] = typer.Option(
+        None, "--worker-index", min=0,
+        help="This machine's index in runtime.workers (runtime.strategy = \"multi_worker\"; "
+             "sets TF_CONFIG). Worker 0 writes the run directory."),
 ) -> None:
     """Train and evaluate the experiment in CONFIG; writes runs/<name>/<timestamp>/."""
     if (config is None) == (resume is None):
@@ -123,7 +127,7 @@ def run(
 
         if eager:
             runtime.force_eager(True)
-        run_experiment(config, set_, resume, quiet, memory_check)
+        run_experiment(config, set_, resume, quiet, memory_check, worker_index)
 
 
 @app.command()

@@ -129,10 +129,31 @@ class TrainConfig:
     learning_rate: float = field(1e-3, gt=0.0)
     compile: Literal["auto", "graph", "xla", "eager"] = field(
         "auto", help="auto = graph on CPU (measured faster than XLA here), xla on GPU")
-    strategy: Literal["default"] = field("default", help="tf.distribute strategy")
     early_stopping: EarlyStoppingConfig = field(factory=EarlyStoppingConfig)
     checkpoint_every_epochs: int = field(1, min=1)
     keep_checkpoints: int = field(2, min=1)
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    """Where and how the steps run; README "Scaling up".  The same TOML trains on a CPU, one
+    GPU, several GPUs (``mirrored``) or several machines (``multi_worker``)."""
+
+    strategy: Literal["default", "mirrored", "multi_worker"] = field(
+        "default", help="default: one device; mirrored: data parallel over this machine's "
+                        "devices; multi_worker: data parallel over the machines of TF_CONFIG "
+                        "(or of runtime.workers with tfgen run --worker-index)")
+    devices: list[str] = field(factory=list, help="devices to use, e.g. [\"GPU:0\", \"GPU:1\"] "
+                                                  "(empty: every GPU, else the CPU)")
+    cpu_devices: int = field(1, min=1, max=64, help="split the CPU into this many logical "
+                                                    "devices (mirrored on a machine without GPUs)")
+    workers: list[str] = field(factory=list, help="host:port of every worker, for tfgen run "
+                                                  "--worker-index (instead of TF_CONFIG)")
+    mixed_precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = field(
+        "float32", help="compute dtype of the decoder (the likelihood, log densities, latents "
+                        "and optimizer state stay float32)")
+    intra_op_threads: int = field(0, min=0, max=1024, help="threads per op (0: TensorFlow's choice)")
+    inter_op_threads: int = field(0, min=0, max=1024, help="ops run at once (0: TensorFlow's choice)")
 
 
 @dataclasses.dataclass
@@ -151,6 +172,7 @@ class Config:
     inference: Component = field(factory=lambda: Component("vae"), registry="schemes",
                                  name_key="scheme")
     train: TrainConfig = field(factory=TrainConfig)
+    runtime: RuntimeConfig = field(factory=RuntimeConfig)
     logging: LoggingConfig = field(factory=LoggingConfig)
     evaluate: list[Component] = field(factory=list, registry="evaluations", name_key="task")
 

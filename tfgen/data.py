@@ -64,13 +64,15 @@ class DataBundle:
         return cls(split, None, None, tuple(int(s) for s in images.shape[1:]), tuple(pixel_range),
                    description, config)
 
-    def transform_batch(self, images: tf.Tensor, generator: tf.random.Generator) -> tf.Tensor:
-        """The per-batch transform of training batches (dynamic binarization), inside tf.function."""
+    def transform_batch(self, images: tf.Tensor, uniform) -> tf.Tensor:
+        """The per-batch transform of training batches (dynamic binarization), inside
+        tf.function; ``uniform()`` gives U(0, 1) noise shaped like ``images`` (drawn only when
+        the transform needs it: :func:`tfgen.distribute.transform_noise`)."""
         if self.config.binarize != "dynamic":
             return images
         low, high = self.pixel_range
         unit = (images - low) / (high - low)
-        bits = tf.cast(generator.uniform(tf.shape(unit)) < unit, images.dtype)
+        bits = tf.cast(uniform() < unit, images.dtype)
         return low + (high - low) * bits
 
     def eval_split(self) -> tuple[str, Split]:

@@ -88,10 +88,14 @@ def write_config(run_dir: Path, cfg: Config) -> None:
     atomic_write(run_dir / CONFIG_NAME, header + dumps_toml(to_dict(cfg)))
 
 
-def write_run_info(run_dir: Path, cfg: Config, overrides: list[str], resumed: bool) -> None:
+def write_run_info(run_dir: Path, cfg: Config, overrides: list[str], resumed: bool,
+                   devices: dict | None = None) -> None:
+    """run.json: per session the command line, overrides and (``devices``) the strategy, its
+    replicas and devices; the versions, commit and host when the run was created."""
     path = run_dir / RUN_INFO
     event = {"time": dt.datetime.now().isoformat(timespec="seconds"),
-             "argv": sys.argv, "overrides": list(overrides), "resumed": resumed}
+             "argv": sys.argv, "overrides": list(overrides), "resumed": resumed,
+             **({"devices": devices} if devices else {})}
     info = {}
     if path.exists():
         try:

@@ -13,7 +13,7 @@ import tensorflow as tf
 from tfgen import resources, runtime
 from tfgen.config import Config, apply_overrides, from_dict, load_config, read_toml, to_dict
 from tfgen.data import DataBundle, load_data
-from tfgen.errors import CheckpointError, RunFailed, TfgenError
+from tfgen.errors import CheckpointError, ConfigError, RunFailed, TfgenError
 from tfgen.evaluation.tasks import EvalContext
 from tfgen.models.model import build_model
 from tfgen.registry import EVALUATIONS, SCHEMES
@@ -22,12 +22,16 @@ from tfgen.rundir import (CONFIG_NAME, create_run_dir, open_run_dir, write_confi
 from tfgen.training import Interrupted, InterruptFlag, Progress, Trainer
 
 
-def build(cfg: Config, data: DataBundle | None = None):
+def build(cfg: Config, data: DataBundle | None = None,
+          strategy: tf.distribute.Strategy | None = None):
     """Everything that can fail on bad input happens here, before a run directory exists.
 
     ``data`` replaces the configured data set (tests and benchmarks pass in-memory images);
+    ``strategy`` is the one :func:`tfgen.runtime.configure` made (made here if not given);
     returns (data, scheme, generator).
     """
+    if strategy is None:
+        strategy = runtime.configure(cfg.runtime, cfg.source_file)
     generator = runtime.apply_seed(cfg.experiment.seed)
     if data is None:
         data = load_data(cfg.data, cfg.experiment.seed, cfg.source_file)
@@ -35,7 +39,6 @@ def build(cfg: Config, data: DataBundle | None = None):
         check_data = getattr(task.params, "check_data", None)
         if check_data is not None:
             check_data(cfg, data)
-    strategy = runtime.strategy(cfg.train.strategy)
     with strategy.scope():
         model = build_model(cfg, data.image_shape, data.pixel_range)
         scheme_cls = SCHEMES.get(cfg.inference.name).factory
@@ -44,23 +47,41 @@ def build(cfg: Config, data: DataBundle | None = None):
 
 
 def run(config_path: str | None, overrides: list[str], resume: str | None, quiet: bool,
-        memory_check: bool = True) -> Path:
+        memory_check: bool = True, worker_index: int | None = None) -> Path:
     """Train and evaluate; returns the run directory.
 
     The order is what keeps a run directory safe: everything that can be refused (the config,
     the data, the memory estimate, the checkpoint and whether it fits the config) is decided
     before anything is written, so a refused run leaves no directory and a refused resume
     leaves its directory byte for byte as it was.
+
+    In a multi-worker cluster every worker trains (the collectives need them all), worker 0
+    writes the run directory and evaluates; the others write their checkpoints (which every
+    worker must save together) to a temporary directory that is removed at the end.
     """
     if resume:
         run_dir = open_run_dir(resume)
         cfg = load_config(run_dir / CONFIG_NAME, overrides)
     else:
         cfg = load_config(config_path, overrides)
+    # before TensorFlow touches a device: threads, logical devices, the cluster
+    strategy = runtime.configure(cfg.runtime, cfg.source_file, worker_index)
+    if not runtime.is_chief(strategy):
+        if resume:
+            raise ConfigError(cfg.source_file, "runtime.strategy", "a multi-worker run cannot "
+                              "be resumed by several workers yet", cfg.runtime.strategy,
+                              "resume it with runtime.strategy = 'default' or 'mirrored' "
+                              "(checkpoints restore under any number of replicas)")
+        return _run_worker(cfg, strategy, memory_check)
+    if resume and cfg.runtime.strategy == "multi_worker":
+        raise ConfigError(cfg.source_file, "runtime.strategy", "a multi-worker run cannot be "
+                          "resumed by several workers yet", cfg.runtime.strategy,
+                          "resume it with --set runtime.strategy=default or =mirrored "
+                          "(checkpoints restore under any number of replicas)")
     progress = Progress(cfg.logging.progress and not quiet)
     data = load_data(cfg.data, cfg.experiment.seed, cfg.source_file, memory_check)
     memory = resources.check_memory(cfg, data) if memory_check else None  # before any variable
-    data, scheme, generator = build(cfg, data)
+    data, scheme, generator = build(cfg, data, strategy)
     if resume:
         trainer = Trainer(cfg, data, scheme, run_dir, progress, generator)
         restored = trainer.restore()
@@ -73,10 +94,12 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
         trainer = Trainer(cfg, data, scheme, run_dir, progress, generator)
     # the resume is known to work: from here on the run directory changes
     write_config(run_dir, cfg)
-    write_run_info(run_dir, cfg, overrides, bool(resume))
+    write_run_info(run_dir, cfg, overrides, bool(resume), runtime.describe(strategy))
     progress.message(f"run directory: {run_dir}\ndata: {data.description}; train {len(data.train)}"
                      f", val {len(data.val) if data.val else 0}, test {len(data.test) if data.test else 0}"
                      f", images {data.image_shape}; compile: {runtime.resolve_compile(cfg.train.compile)}"
+                     + (f"; {cfg.runtime.strategy} strategy, {scheme.layout.num_replicas} replicas"
+                        if cfg.runtime.strategy != "default" else "")
                      + (f"; memory: about {resources.format_bytes(memory.total)} estimated"
                         if memory else ""))
     if resume:
@@ -98,6 +121,7 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
         try:
             with writer.as_default():
                 metrics["train"] = trainer.fit(interrupt)
+                scheme.layout.gather_rows()  # sharded rows, for evaluation (every worker)
                 log_final(metrics["train"], int(trainer.step.numpy()))
                 interrupt.phase = "evaluation"
                 metrics["evaluation"], metrics["evaluation_seconds"] = {}, []
@@ -117,6 +141,11 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
             raise Interrupted(_stopped_at_once(phase, run_dir, trainer.store.latest)) from None
         except tf.errors.OpError as err:
             phase, interrupt.phase = interrupt.phase, "stopping"
+            if cfg.runtime.strategy == "multi_worker":
+                metrics["status"] = f"failed: {describe_tf_error(err)}"
+                raise RunFailed(f"{run_dir}: {describe_tf_error(err)} during {phase} (a "
+                                f"multi-worker run fails when any worker does); the last "
+                                f"checkpoint is {trainer.store.latest or 'none'}") from err
             at = (f" after step {int(trainer.step.numpy())}" if phase == "training" else
                   failed_task(cfg, metrics.get("evaluation_seconds", [])))
             failure = RunFailed(f"{run_dir}: {describe_tf_error(err)} during {phase}{at}; the "
@@ -134,6 +163,24 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
     progress.message("evaluation: " + json.dumps(metrics["evaluation"], default=float))
     progress.message(f"done: {run_dir}")
     return run_dir
+
+
+def _run_worker(cfg: Config, strategy, memory_check: bool) -> None:
+    """A multi-worker cluster's worker > 0: the same training, nothing kept."""
+    import shutil
+    import tempfile
+
+    data = load_data(cfg.data, cfg.experiment.seed, cfg.source_file, memory_check)
+    data, scheme, generator = build(cfg, data, strategy)
+    scratch = Path(tempfile.mkdtemp(prefix="tfgen-worker-"))
+    try:
+        trainer = Trainer(cfg, data, scheme, scratch, Progress(False), generator)
+        with tf.summary.create_file_writer(str(scratch / "tensorboard")).as_default():
+            trainer.fit()
+        scheme.layout.gather_rows()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return None
 
 
 def _stopped_at_once(phase: str, run_dir: Path, last: str | None) -> str:

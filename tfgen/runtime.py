@@ -1,6 +1,16 @@
-"""Execution switches: the compile mode (XLA / graph / eager), seeding, the device strategy."""
+"""Execution switches: the compile mode (XLA / graph / eager), seeding, the device strategy.
+
+The ``[runtime]`` keys (:class:`tfgen.config.RuntimeConfig`) take effect in
+:func:`configure`, which must run before TensorFlow initialises its devices (thread pools,
+logical CPU devices and the collective ops of ``multi_worker`` cannot change afterwards): the
+runner calls it right after the config is loaded.  The strategies are TensorFlow's own
+(``tf.distribute``); tfgen adds only how per-datapoint state and batches are laid out over
+the replicas (:mod:`tfgen.distribute`).
+"""
 from __future__ import annotations
 
+import json
+import os
 import random
 
 import numpy as np
@@ -49,6 +59,128 @@ def apply_seed(seed: int) -> tf.random.Generator:
     return tf.random.Generator.from_seed(seed)
 
 
-def strategy(name: str) -> tf.distribute.Strategy:
-    """Variables are created under this strategy's scope (the default one on one device)."""
-    return tf.distribute.get_strategy()
+_CONFIGURED: dict = {}  # what configure() set in this process (it can be set once)
+
+
+def configure(runtime, file: str = "<config>", worker_index: int | None = None
+              ) -> tf.distribute.Strategy:
+    """Apply ``[runtime]`` (threads, logical CPU devices, TF_CONFIG)
+    and return the strategy whose scope the model and the scheme are built under.
+
+    A process configures its devices once: a second run in the same process (tests, notebooks)
+    may ask only for what is already set, else it is refused with the key to change."""
+    from tfgen.errors import ConfigError
+
+    if worker_index is not None:
+        _set_tf_config(runtime, file, worker_index)
+    wanted = {"intra_op_threads": runtime.intra_op_threads,
+              "inter_op_threads": runtime.inter_op_threads, "cpu_devices": runtime.cpu_devices,
+              "multi_worker": runtime.strategy == "multi_worker"}
+    if not _CONFIGURED:
+        try:
+            if runtime.intra_op_threads:
+                tf.config.threading.set_intra_op_parallelism_threads(runtime.intra_op_threads)
+            if runtime.inter_op_threads:
+                tf.config.threading.set_inter_op_parallelism_threads(runtime.inter_op_threads)
+            if runtime.cpu_devices > 1:
+                cpu = tf.config.list_physical_devices("CPU")[0]
+                tf.config.set_logical_device_configuration(
+                    cpu, [tf.config.LogicalDeviceConfiguration()] * runtime.cpu_devices)
+        except RuntimeError:  # TensorFlow already initialised (e.g. a test before this run)
+            wanted = {**wanted, "intra_op_threads": 0, "inter_op_threads": 0,
+                      "cpu_devices": len(tf.config.list_logical_devices("CPU"))}
+            if runtime.cpu_devices > 1 and wanted["cpu_devices"] != runtime.cpu_devices:
+                raise ConfigError(file, "runtime.cpu_devices", "logical CPU devices can be set "
+                                  "only before TensorFlow starts in this process",
+                                  runtime.cpu_devices, "a fresh process (tfgen run) or 1") from None
+        _CONFIGURED.update(wanted)
+    else:
+        for key, value in wanted.items():
+            if key in ("intra_op_threads", "inter_op_threads") and not value:
+                continue
+            if key == "cpu_devices" and value == 1:
+                continue
+            if _CONFIGURED[key] != value:
+                raise ConfigError(file, f"runtime.{key}" if key != "multi_worker" else
+                                  "runtime.strategy", "fixed when this process first started "
+                                  "TensorFlow; it cannot change within one process", value,
+                                  f"{_CONFIGURED[key]!r} (or run in a fresh process)")
+    return make_strategy(runtime, file)
+
+
+def make_strategy(runtime, file: str = "<config>") -> tf.distribute.Strategy:
+    from tfgen.errors import ConfigError
+
+    devices = list(runtime.devices)
+    if runtime.strategy == "default":
+        if len(devices) > 1:
+            raise ConfigError(file, "runtime.devices", "the default strategy runs on one device",
+                              devices, "one device, or runtime.strategy = \"mirrored\"")
+        if devices:
+            return tf.distribute.OneDeviceStrategy(_device_name(devices[0], file))
+        return tf.distribute.get_strategy()
+    if runtime.strategy == "mirrored":
+        if not devices:
+            gpus = tf.config.list_logical_devices("GPU")
+            devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy([_device_name(d, file) for d in devices])
+    if "TF_CONFIG" not in os.environ:
+        raise ConfigError(file, "runtime.strategy", "multi_worker needs the cluster: set "
+                          "TF_CONFIG, or list runtime.workers and pass tfgen run --worker-index",
+                          runtime.strategy, "TF_CONFIG set, or runtime.workers + --worker-index")
+    # CPU workers talk over gRPC ring all-reduce; NCCL where the workers have GPUs
+    implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL
+                      if tf.config.list_physical_devices("GPU")
+                      else tf.distribute.experimental.CommunicationImplementation.RING)
+    return tf.distribute.MultiWorkerMirroredStrategy(
+        communication_options=tf.distribute.experimental.CommunicationOptions(
+            implementation=implementation))
+
+
+def _device_name(name: str, file: str) -> str:
+    from tfgen.errors import ConfigError
+
+    known = {d.name.split("device:")[-1]: d.name for d in tf.config.list_logical_devices()}
+    short = name.split("device:")[-1].upper().replace("/", "")
+    if short not in known:
+        raise ConfigError(file, "runtime.devices", "no such device on this machine", name,
+                          ", ".join(sorted(known)))
+    return known[short]
+
+
+def _set_tf_config(runtime, file: str, worker_index: int) -> None:
+    """``tfgen run --worker-index i``: TF_CONFIG from ``runtime.workers`` (TensorFlow's
+    documented format: the cluster's workers and this task's index)."""
+    from tfgen.errors import ConfigError
+
+    if not runtime.workers:
+        raise ConfigError(file, "runtime.workers", "--worker-index needs the workers' "
+                          "host:port list", runtime.workers, 'e.g. ["10.0.0.1:12345", '
+                          '"10.0.0.2:12345"] (or set TF_CONFIG and leave --worker-index out)')
+    if not 0 <= worker_index < len(runtime.workers):
+        raise ConfigError(file, "runtime.workers", f"--worker-index {worker_index} is not one of "
+                          f"its {len(runtime.workers)} workers", runtime.workers,
+                          f"an index in 0..{len(runtime.workers) - 1}")
+    os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": list(runtime.workers)},
+                                          "task": {"type": "worker", "index": worker_index}})
+
+
+def describe(strategy: tf.distribute.Strategy) -> dict:
+    """The strategy, its replicas and this worker's devices (for run.json and the log)."""
+    name = type(strategy).__name__
+    default = name == "_DefaultDistributionStrategy"
+    devices = ([d.name for d in tf.config.list_logical_devices()[:1]] if default
+               else list(strategy.extended.worker_devices))
+    return {"strategy": "default" if default else name, "replicas": strategy.num_replicas_in_sync,
+            "devices": devices, "workers": json.loads(os.environ["TF_CONFIG"])["cluster"]
+            if name == "MultiWorkerMirroredStrategy" else None}
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run directory (worker 0 of a multi-worker cluster)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in (None, "chief") or (resolver.task_type == "worker"
+                                                     and resolver.task_id == 0
+                                                     and "chief" not in resolver.cluster_spec().as_dict())

@@ -168,7 +168,7 @@ class Trainer:
         self.store = CheckpointStore(self.checkpoint, ckpt_dir, cfg.train.keep_checkpoints)
         self.best_store = CheckpointStore(self.best_checkpoint, ckpt_dir / "best", 1)
         self.executor = StepExecutor(
-            scheme.train_step, {"step": self.step, "batches": self.batches_in_epoch,
+            scheme.replica_step, scheme.strategy, generator, {"step": self.step, "batches": self.batches_in_epoch,
                                 "images": self.images_in_epoch, "images_seen": self.images_seen},
             cfg.train.compile)
         self._unsaved = True  # training state changed since the last checkpoint
@@ -265,7 +265,7 @@ class Trainer:
             epoch_start, epoch_images = window_start, 0
             rate = 0.0
             per_call = cfg.train.steps_per_execution
-            batches = iter(self._epoch_batches(epoch, first, left))
+            batches = iter(self.scheme.layout.distribute(self._epoch_batches(epoch, first, left)))
             while left > 0:
                 n = min(per_call, math.ceil(left / batch_size))
                 # the batches of this call: whole ones, the epoch's last may be smaller

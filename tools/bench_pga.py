@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from tfgen.config import from_dict
 from tfgen.data import DataBundle
+from tfgen.distribute import single_replica_batch
 from tfgen.runner import build
 from tfgen.runtime import compile_step
 
@@ -85,17 +86,20 @@ def bench_setting(M, N, batch, mode, compile_mode, chunk, repeats) -> dict:
     images = tf.constant(data.train.images[:batch])
     indices = tf.range(batch, dtype=tf.int64)
 
+    seed = tf.constant([1, 2], tf.int64)
+
     def theta_gradient(images, indices):
-        batch_particles = tf.gather(scheme.particle_cloud, indices)
-        out, grads = scheme.theta_gradient(images, batch_particles)
+        batch = single_replica_batch(seed, indices)
+        out, grads = scheme.theta_gradient(images, scheme.latents.gather(0, indices), batch)
         return out["loss"], grads
 
     def particle_update(images, indices):
         if mode == "all":
-            scheme.update_all_particles()
+            scheme.update_all_particles(seed)
         else:
-            scheme.update_batch_particles(images, indices, tf.gather(scheme.particle_cloud, indices))
-        return tf.reduce_sum(scheme.particle_cloud[:1])
+            scheme.update_batch_particles(images, indices, scheme.latents.gather(0, indices),
+                                          single_replica_batch(seed, indices))
+        return tf.reduce_sum(scheme.particle_cloud.local(0)[:1])
 
     def theta_step(grads):
         scheme.apply_theta_gradient(grads)
@@ -114,7 +118,7 @@ def bench_setting(M, N, batch, mode, compile_mode, chunk, repeats) -> dict:
     result["pieces_sum_median_s"] = round(sum(result[k]["median_s"] for k in
                                               ("theta_gradient", "particle_update", "theta_step")), 4)
     result["chunk_images"] = scheme.chunk
-    result["chunks"] = scheme.num_chunks
+    result["chunks"] = -(-M // scheme.chunk)
     return result
 
 

@@ -44,7 +44,8 @@ def make(args):
     data, scheme, _ = build(cfg, DataBundle.in_memory(cfg.data, images.astype(np.float32)))
     counters = {name: tf.Variable(0, dtype=tf.int64) for name in
                 ("step", "batches", "images", "images_seen")}
-    executor = StepExecutor(scheme.train_step, counters, "graph")
+    executor = StepExecutor(scheme.replica_step, scheme.strategy, scheme.generator, counters,
+                            "graph")
     dataset = train_dataset(data.train, args.batch, 0, 0, cfg.data).repeat()
     return scheme, counters, executor, dataset
 

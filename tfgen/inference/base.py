@@ -1,9 +1,12 @@
 """What every inference scheme shares: the base class, optimizers, the compiled-step wrapper.
 
 A scheme owns the state that training adds to the model (an encoder, the optimizers, a
-table of per-datapoint latents ...) and one compiled ``train_step(images, indices) -> dict
-of scalar tensors`` ("loss" always among them: the shared output type the trainer logs,
-checks for NaN and checkpoints around).  What else it can do it declares by inheriting the
+table of per-datapoint latents ...) and one ``replica_step(images, indices, batch) -> dict of
+scalar tensors`` ("loss" always among them: the shared output type the trainer logs, checks
+for NaN and checkpoints around), which :class:`tfgen.execution.StepExecutor` compiles and
+runs on every replica of the strategy (:mod:`tfgen.distribute`: the metrics are means over
+the replica's images; gradients are of sums over them divided by the global batch size, so
+that the optimizers' all-reduce gives the global mean; noise comes from ``batch``).  What else it can do it declares by inheriting the
 interfaces of :mod:`tfgen.inference.capabilities`; which metrics it reports on the
 validation split, and which one early stopping watches, it names itself
 (``validation_metrics``, ``monitor``).
@@ -15,6 +18,7 @@ import tf_keras as keras
 
 from tfgen.config import Config, TrainConfig
 from tfgen.data import DataBundle, Split
+from tfgen.distribute import ReplicaBatch, ReplicaLayout, single_replica_batch, step_seed
 from tfgen.errors import ConfigError
 from tfgen.inference.capabilities import (DecoderLikelihood, LatentSampler, LogLikelihood,
                                           Posterior)
@@ -35,6 +39,26 @@ def make_optimizer(train: TrainConfig, learning_rate: float | None = None, **kwa
     return OPTIMIZERS[train.optimizer](learning_rate=learning_rate or train.learning_rate, **kwargs)
 
 
+def with_loss_scaling(optimizer, cfg: Config):
+    """Under ``mixed_float16`` theta's optimizer scales the loss dynamically (Keras's
+    LossScaleOptimizer: float16 gradients would underflow otherwise; a step whose scaled
+    gradients overflow is skipped and the scale halved).  bfloat16 has float32's range and
+    needs none."""
+    if cfg.runtime.mixed_precision != "mixed_float16":
+        return optimizer
+    return keras.mixed_precision.LossScaleOptimizer(optimizer)
+
+
+def scaled_gradients(tape: tf.GradientTape, loss: tf.Tensor, variables, optimizer) -> list:
+    """tape.gradient(loss, variables), through the optimizer's loss scale if it has one."""
+    if isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer):
+        # d(scale loss)/dv, with the scale as the output gradient (the tape has closed)
+        scale = tf.cast(optimizer.loss_scale, loss.dtype)
+        grads = tape.gradient(loss, variables, output_gradients=scale)
+        return optimizer.get_unscaled_gradients(grads)
+    return tape.gradient(loss, variables)
+
+
 class Scheme(tf.Module):
     """Base class of inference schemes.
 
@@ -49,13 +73,18 @@ class Scheme(tf.Module):
     validation_metrics: tuple[str, ...] = ()
     monitor: str = "loss"
     default_evaluations: tuple = ("elbo", "reconstructions", "samples", "curves")
+    #: keeps a row of state per training image, sharded over the replicas
+    shards_training_rows: bool = False
 
     def __init__(self, params, model, data: DataBundle, cfg: Config, generator: tf.random.Generator,
                  strategy: tf.distribute.Strategy):
         super().__init__(name=type(self).__name__)
         self.params, self.model, self.data, self.cfg = params, model, data, cfg
         self.generator, self.strategy = generator, strategy
-        self.train_step = compile_step(self._train_step, cfg.train.compile)
+        self.layout = ReplicaLayout(strategy, len(data.train) if self.shards_training_rows else None)
+        # one step outside the trainer (tests, tools): the whole batch on one replica, with the
+        # next seed of the run's generator (the draw the trainer's step makes)
+        self.train_step = compile_step(self._one_replica_step, cfg.train.compile)
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
@@ -68,8 +97,22 @@ class Scheme(tf.Module):
                               f"{cls.monitor})")
 
     # ---- to implement
-    def _train_step(self, images: tf.Tensor, indices: tf.Tensor) -> dict[str, tf.Tensor]:
+    def replica_step(self, images: tf.Tensor, indices: tf.Tensor,
+                     batch: ReplicaBatch) -> dict[str, tf.Tensor]:
+        """One training step on this replica's part of the global batch (module docstring)."""
         raise NotImplementedError
+
+    def _one_replica_step(self, images, indices):
+        if self.layout.num_replicas != 1:
+            raise RuntimeError("train_step runs one replica; on several use the trainer's "
+                               "StepExecutor")
+        seed = step_seed(self.generator)
+        return self.replica_step(images, indices, single_replica_batch(seed, indices))
+
+    @staticmethod
+    def gradient_scale(batch: ReplicaBatch, dtype=tf.float32) -> tf.Tensor:
+        """1 / (global batch size): a replica differentiates its per-image sum times this."""
+        return 1.0 / tf.cast(batch.global_size, dtype)
 
     def checkpoint_items(self) -> dict:
         """Named trackables beyond the model that a checkpoint must hold."""

@@ -43,9 +43,12 @@ def standard_normal(shape, seed: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
 
 
 def langevin_step(x: tf.Tensor, grad_log_density: tf.Tensor, step_size: float,
-                  seed: tf.Tensor) -> tf.Tensor:
-    """One unadjusted Langevin move: x + h grad log pi(x) + sqrt(2h) w (seed 000, eq. (3))."""
-    noise = standard_normal(tf.shape(x), seed, x.dtype)
+                  seed: tf.Tensor | None = None, noise: tf.Tensor | None = None) -> tf.Tensor:
+    """One unadjusted Langevin move: x + h grad log pi(x) + sqrt(2h) w (seed 000, eq. (3)),
+    w ~ N(0, I) from ``seed``, or ``noise`` itself (noise indexed by image or row chunk:
+    :mod:`tfgen.distribute`)."""
+    if noise is None:
+        noise = standard_normal(tf.shape(x), seed, x.dtype)
     return x + step_size * grad_log_density + math.sqrt(2.0 * step_size) * noise
 
 

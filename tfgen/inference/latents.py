@@ -17,6 +17,7 @@ from typing import Literal
 import tensorflow as tf
 
 from tfgen.config import field
+from tfgen.distribute import ReplicaLayout, ShardedRows
 from tfgen.inference import kernels
 
 
@@ -72,36 +73,43 @@ class RowOptimizer:
 
 
 class LatentTable(tf.Module):
-    """Rows ``[M, *row_shape]`` of per-datapoint latents, with an optional row optimizer."""
+    """Rows ``[M, *row_shape]`` of per-datapoint latents, with an optional row optimizer.
 
-    def __init__(self, initial: tf.Tensor, optimizer: LatentOptimizerConfig | None = None,
-                 name: str = "latents"):
+    The rows and the optimizer state are :class:`tfgen.distribute.ShardedRows`: on R replicas
+    replica r holds rows [lo_r, hi_r) only.  The replica-step methods take the (static)
+    replica id of :class:`tfgen.distribute.ReplicaBatch` and global row indices, which must
+    be the replica's own (the input pipeline sees to it)."""
+
+    def __init__(self, initial: tf.Tensor, layout: ReplicaLayout,
+                 optimizer: LatentOptimizerConfig | None = None, name: str = "latents"):
         super().__init__(name=name)
-        self.values = tf.Variable(initial, trainable=False, name=name)
+        self.values = ShardedRows(layout, initial, name=name)
         self.optimizer = RowOptimizer(optimizer) if optimizer is not None else None
-        state = self.optimizer.initial_state(self.values) if self.optimizer else ()
-        self.optimizer_state = [tf.Variable(s, trainable=False, name=f"{name}_slot{i}")
+        state = self.optimizer.initial_state(tf.convert_to_tensor(initial)) if self.optimizer else ()
+        self.optimizer_state = [ShardedRows(layout, s, name=f"{name}_slot{i}")
                                 for i, s in enumerate(state)]
 
     @property
     def num_rows(self) -> int:
         return int(self.values.shape[0])
 
-    def gather(self, indices: tf.Tensor) -> tf.Tensor:
-        return tf.gather(self.values, indices)
+    def gather(self, replica: int, indices: tf.Tensor) -> tf.Tensor:
+        return self.values.gather(replica, indices)
 
-    def scatter(self, indices: tf.Tensor, rows: tf.Tensor) -> None:
-        self.values.scatter_nd_update(indices[:, None], rows)
+    def scatter(self, replica: int, indices: tf.Tensor, rows: tf.Tensor) -> None:
+        self.values.scatter(replica, indices, rows)
 
     def assign(self, values: tf.Tensor) -> None:
+        """All M rows (eager, outside the replica step)."""
         self.values.assign(values)
 
-    def apply_gradients(self, indices: tf.Tensor, grads: tf.Tensor, rows: tf.Tensor | None = None):
+    def apply_gradients(self, replica: int, indices: tf.Tensor, grads: tf.Tensor,
+                        rows: tf.Tensor | None = None):
         """One optimizer step of the rows ``indices`` down ``grads`` (rows gathered before the
         gradient may be passed in, to save a gather)."""
-        rows = self.gather(indices) if rows is None else rows
-        state = tuple(tf.gather(s, indices) for s in self.optimizer_state)
+        rows = self.gather(replica, indices) if rows is None else rows
+        state = tuple(s.gather(replica, indices) for s in self.optimizer_state)
         rows, state = self.optimizer.step(rows, grads, state)
-        self.scatter(indices, rows)
-        for variable, value in zip(self.optimizer_state, state):
-            variable.scatter_nd_update(indices[:, None], value)
+        self.scatter(replica, indices, rows)
+        for table, value in zip(self.optimizer_state, state):
+            table.scatter(replica, indices, value)

@@ -63,7 +63,7 @@ class MAP(PerDatapointScheme):
         """The points z_m, [M, d]."""
         return tf.convert_to_tensor(self.latents.values)
 
-    def objective(self, rows, images):
+    def objective(self, rows, images, batch):
         """f_m = -(lambda log p(z_m) + log p_theta(y_m | z_m)) per image for rows z [b, d]."""
         log_likelihood = self.model.log_likelihood(rows, images, training=True)
         log_prior = self.model.log_prior(rows)

@@ -12,6 +12,10 @@ one gradient tape, in one compiled function:
     theta <- optimizer step down  grad_theta L,   L = 1/b sum_{m in B} f_m(theta, r_m)
     r_m   <- row optimizer step down  grad_{r_m} f_m = b grad_{r_m} L,   for m in B.
 
+On R replicas (:mod:`tfgen.distribute`) the table is sharded by rows, each replica gets the
+batch's images whose rows it holds, and L is the global batch's mean (each replica's sum
+divided by the global b; the optimizer sums the replicas' gradients).
+
 Gradient scale.  theta's loss is the batch mean, the usual minibatch estimate of
 1/M sum_m f_m.  A row r_m enters only its own term of that mean, so grad_{r_m} L is
 (1/b) grad f_m: stepping down it would make the rows' effective learning rate shrink as
@@ -55,8 +59,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfgen.config import field
+from tfgen.distribute import ReplicaBatch, transform_noise
 from tfgen.inference import kernels
-from tfgen.inference.base import Scheme, make_optimizer
+from tfgen.inference.base import Scheme, make_optimizer, scaled_gradients, with_loss_scaling
 from tfgen.inference.capabilities import PerDatapointLatents
 from tfgen.inference.fitting import FitConfig, FittedPosterior, LatentFitter, check_posterior_fit
 from tfgen.inference.latents import LatentOptimizerConfig, LatentTable
@@ -118,14 +123,16 @@ class PerDatapointScheme(Scheme, PerDatapointLatents, FittedPosterior):
         "curves",
     )
 
+    shards_training_rows = True
+
     def __init__(self, params: PerDatapointConfig, model, data, cfg, generator, strategy):
+        super().__init__(params, model, data, cfg, generator, strategy)
         self.num_images = len(data.train)
         seed = kernels.seeds_from(generator)
-        self.latents = LatentTable(self.initial_rows(params, model, seed),
+        self.latents = LatentTable(self.initial_rows(params, model, seed), self.layout,
                                    params.latent_optimizer, name=self.table_name)
-        self.optimizer = make_optimizer(cfg.train)
+        self.optimizer = with_loss_scaling(make_optimizer(cfg.train), cfg)
         self.optimizer.build(model.theta)
-        super().__init__(params, model, data, cfg, generator, strategy)
 
     # ---- to implement
     def initial_rows(self, params, model, seed: tf.Tensor) -> tf.Tensor:
@@ -136,8 +143,10 @@ class PerDatapointScheme(Scheme, PerDatapointLatents, FittedPosterior):
         """Latents [M, d] ~ N(0, init_scale^2 I) from a stateless seed."""
         return params.init_scale * kernels.standard_normal([self.num_images, model.latent_dim], seed)
 
-    def objective(self, rows: tf.Tensor, images: tf.Tensor) -> tuple[tf.Tensor, dict]:
-        """(f_m per image [b] to minimise, batch-mean metrics) in training mode."""
+    def objective(self, rows: tf.Tensor, images: tf.Tensor,
+                  batch: ReplicaBatch) -> tuple[tf.Tensor, dict]:
+        """(f_m per image [b] to minimise, batch-mean metrics) in training mode; noise from
+        ``batch``."""
         raise NotImplementedError
 
     def validation_fit(self) -> dict:
@@ -175,23 +184,21 @@ class PerDatapointScheme(Scheme, PerDatapointLatents, FittedPosterior):
         self.optimizer.learning_rate.assign(self.cfg.train.learning_rate)
 
     # ---- the step
-    def _train_step(self, images, indices):
-        return self.strategy.run(self._replica_step, (images, indices))
-
-    def _replica_step(self, images, indices):
-        images = self.data.transform_batch(images, self.generator)
-        rows = self.latents.gather(indices)
+    def replica_step(self, images, indices, batch):
+        images = self.data.transform_batch(images, transform_noise(batch, images))
+        rows = self.latents.gather(batch.replica, indices)
         theta = self.model.theta
         with tf.GradientTape() as tape:
             tape.watch(rows)
-            per_image, metrics = self.objective(rows, images)
-            loss = tf.reduce_mean(per_image)
-        *theta_grads, rows_grad = tape.gradient(loss, theta + [rows])
+            per_image, metrics = self.objective(rows, images, batch)
+            scaled_loss = tf.reduce_sum(per_image) * self.gradient_scale(batch, per_image.dtype)
+        *theta_grads, rows_grad = scaled_gradients(tape, scaled_loss, theta + [rows],
+                                                   self.optimizer)
         # each row down the gradient of its own image's objective (module docstring)
-        batch = tf.cast(tf.shape(rows)[0], rows.dtype)
-        self.latents.apply_gradients(indices, batch * rows_grad, rows)
+        global_batch = tf.cast(batch.global_size, rows.dtype)
+        self.latents.apply_gradients(batch.replica, indices, global_batch * rows_grad, rows)
         self.optimizer.apply_gradients(zip(theta_grads, theta))
-        return {"loss": loss, **metrics}
+        return {"loss": tf.reduce_mean(per_image), **metrics}
 
     # ---- TensorBoard
     def log_summaries(self, step: int) -> None:

@@ -50,7 +50,6 @@ algorithm.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Literal
 
 import numpy as np
@@ -58,8 +57,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tfgen.config import field
+from tfgen.distribute import (SALT_LANGEVIN, SALT_TRANSFORM_ROWS, ReplicaBatch, ShardedRows,
+                              fold_seed, transform_noise)
 from tfgen.inference import kernels
-from tfgen.inference.base import Scheme
+from tfgen.inference.base import Scheme, scaled_gradients, with_loss_scaling
 from tfgen.inference.capabilities import PerDatapointLatents
 from tfgen.inference.fitting import (FitConfig, FittedPosterior, check_posterior_fit,
                                      posterior_fit_field)
@@ -105,25 +106,26 @@ class PGA(Scheme, PerDatapointLatents, FittedPosterior):
         "curves",
     )
 
+    shards_training_rows = True
+
     def __init__(self, params: PGAConfig, model, data, cfg, generator, strategy):
+        super().__init__(params, model, data, cfg, generator, strategy)
         self.num_images = len(data.train)
         self.num_particles = params.particles
         # X_0 ~ p(x), shape [M, N, d]
         initial = model.prior.distribution().sample(
             [self.num_images, params.particles], seed=_stateless_seed(generator))
-        self.latents = LatentTable(initial, name="particle_cloud")
-        self.train_images = tf.Variable(data.train.images, trainable=False, name="train_images")
-        # chunks of equal size (static shapes: no retracing, XLA-compatible); the last one is
-        # padded by repeating the last image, whose extra gradients are dropped
-        chunk = min(params.chunk_size, self.num_images)
-        self.num_chunks = math.ceil(self.num_images / chunk)
-        self.chunk = math.ceil(self.num_images / self.num_chunks)
-        self.theta_optimizer = keras.optimizers.RMSprop(
+        self.latents = LatentTable(initial, self.layout, name="particle_cloud")
+        # each replica holds the training images of its own rows (for the chunk loop)
+        self.train_images = ShardedRows(self.layout, data.train.images, name="train_images")
+        # the particle update decodes chunks of `chunk` rows, numbered globally (row m is in
+        # chunk m // chunk), so that the noise of row m is the same on any number of replicas
+        self.chunk = min(params.chunk_size, self.num_images)
+        self.theta_optimizer = with_loss_scaling(keras.optimizers.RMSprop(
             learning_rate=self.learning_rate_value(params), rho=params.rmsprop_rho,
             # Keras adds epsilon inside the square root: sqrt(v + eps^2) ~ sqrt(v) + eps (PyTorch)
-            epsilon=params.rmsprop_epsilon ** 2)
+            epsilon=params.rmsprop_epsilon ** 2), cfg)
         self.theta_optimizer.build(model.theta)
-        super().__init__(params, model, data, cfg, generator, strategy)
 
     # ------------------------------------------------------------------ hyper-parameters
     def learning_rate_value(self, params: PGAConfig | None = None) -> float:
@@ -140,13 +142,13 @@ class PGA(Scheme, PerDatapointLatents, FittedPosterior):
         return {"latents": self.latents, "theta_optimizer": self.theta_optimizer}
 
     @property
-    def particle_cloud(self) -> tf.Variable:
-        """X, [M, N, d]: the rows of the per-datapoint table."""
+    def particle_cloud(self) -> ShardedRows:
+        """X, [M, N, d]: the rows of the per-datapoint table (``.numpy()``, or any tf op)."""
         return self.latents.values
 
     def latent_cloud(self) -> tf.Tensor:
         """The cloud as [M * N, d] (for the ``particle_gaussian`` sampler)."""
-        return tf.reshape(self.particle_cloud, [-1, self.model.latent_dim])
+        return tf.reshape(self.particle_cloud.full(), [-1, self.model.latent_dim])
 
     # ------------------------------------------------------------------ the three pieces
     def log_joint_gradient(self, particles: tf.Tensor, images: tf.Tensor) -> tf.Tensor:
@@ -161,63 +163,88 @@ class PGA(Scheme, PerDatapointLatents, FittedPosterior):
             total = tf.reduce_sum(self.model.log_joint(z, images, training=False))
         return tf.transpose(tape.gradient(total, z), [1, 0, 2])
 
-    def theta_gradient(self, images: tf.Tensor, batch_particles: tf.Tensor):
-        """Gradient of the mean negative log joint over the batch's particles, eq. (2)."""
-        z = tf.transpose(batch_particles, [1, 0, 2])  # [N, B, d]
+    def theta_gradient(self, images: tf.Tensor, batch_particles: tf.Tensor, batch: ReplicaBatch):
+        """Gradient of the mean negative log joint over the global batch's particles, eq. (2)
+        (this replica's share: its sum over N M_B of them); metrics are this replica's means."""
+        z = tf.transpose(batch_particles, [1, 0, 2])  # [N, b, d]
         theta = self.model.theta
         with tf.GradientTape() as tape:
-            log_joint = self.model.log_joint(z, images, training=True)  # [N, B]
-            loss = -tf.reduce_mean(log_joint)
-        grads = tape.gradient(loss, theta)
+            log_joint = self.model.log_joint(z, images, training=True)  # [N, b]
+            scaled = -tf.reduce_sum(log_joint) * self.gradient_scale(batch) / self.num_particles
+        grads = scaled_gradients(tape, scaled, theta, self.theta_optimizer)
+        loss = -tf.reduce_mean(log_joint)
         log_prior = tf.reduce_mean(self.model.log_prior(z))
         return {"loss": loss, "log_joint": -loss, "log_prior": log_prior,
                 "log_likelihood": -loss - log_prior}, grads
 
-    def langevin_step(self, particles: tf.Tensor, drift: tf.Tensor) -> tf.Tensor:
-        """Eq. (3): X + h grad_x log p + sqrt(2h) W, W ~ N(0, I) seeded from the run's generator."""
-        return kernels.langevin_step(particles, drift, self.params.step_size,
-                                     kernels.seeds_from(self.generator))
+    def chunk_noise(self, seed: tf.Tensor, chunk) -> tf.Tensor:
+        """W of eq. (3) for the ``chunk`` rows of chunk number ``chunk`` (rows chunk * c ..),
+        [c, N, d], from the step's seed folded with the chunk's global number."""
+        shape = [self.chunk, self.num_particles, self.model.latent_dim]
+        return kernels.standard_normal(shape, fold_seed(seed, SALT_LANGEVIN, chunk))
 
-    def update_all_particles(self) -> None:
-        """Eq. (3) for all M N particles, in a while loop over equal chunks of images."""
-        cloud = tf.convert_to_tensor(self.particle_cloud)
-        c, num_chunks, last = self.chunk, self.num_chunks, self.num_images - 1
+    def particle_noise(self, seed) -> np.ndarray:
+        """W of eq. (3) for all M rows, [M, N, d], as the "all" update draws it (for tests)."""
+        chunks = -(-self.num_images // self.chunk)
+        return np.concatenate([self.chunk_noise(tf.constant(seed, tf.int64), j).numpy()
+                               for j in range(chunks)])[: self.num_images]
+
+    def update_all_particles(self, seed: tf.Tensor, replica: int = 0) -> None:
+        """Eq. (3) for all of this replica's particles (rows [lo, hi)), in a while loop over
+        the chunks that overlap them; chunk j's rows, noise and (dynamic binarization) images
+        depend only on j and the step's seed."""
+        lo, hi = self.layout.shard(replica)
+        c, h = self.chunk, self.params.step_size
+        first, last = lo // c, (hi - 1) // c
+        cloud = tf.convert_to_tensor(self.particle_cloud.local(replica))  # [rows, N, d]
+        images = tf.convert_to_tensor(self.train_images.local(replica))
         shape = [c, self.num_particles, self.model.latent_dim]
-        drifts = tf.TensorArray(cloud.dtype, size=num_chunks, element_shape=shape)
+        moved = tf.TensorArray(cloud.dtype, size=last - first + 1, element_shape=shape)
 
-        def body(i, drifts):
-            rows = tf.minimum(i * c + tf.range(c), last)
-            images = self.data.transform_batch(tf.gather(self.train_images, rows), self.generator)
-            return i + 1, drifts.write(i, self.log_joint_gradient(tf.gather(cloud, rows), images))
+        def body(k, moved):
+            j = first + k
+            # rows of chunk j outside this shard (or past M) repeat its edge rows: computed,
+            # then dropped below
+            rows = tf.clip_by_value(tf.cast(j * c, tf.int64) + tf.range(c, dtype=tf.int64) - lo,
+                                    0, hi - lo - 1)
+            x = tf.gather(cloud, rows)
+            y = tf.gather(images, rows)
+            y = self.data.transform_batch(y, lambda: tf.random.stateless_uniform(
+                tf.shape(y), fold_seed(seed, SALT_TRANSFORM_ROWS, j), dtype=y.dtype))
+            drift = self.log_joint_gradient(x, y)
+            return k + 1, moved.write(k, kernels.langevin_step(x, drift, h,
+                                                               noise=self.chunk_noise(seed, j)))
 
-        _, drifts = tf.while_loop(lambda i, _: i < num_chunks, body, (tf.constant(0), drifts),
-                                  parallel_iterations=1)
-        drift = tf.reshape(drifts.stack(), [num_chunks * c, *shape[1:]])[: self.num_images]
-        self.latents.assign(self.langevin_step(cloud, drift))
+        _, moved = tf.while_loop(lambda k, _: k < last - first + 1, body,
+                                 (tf.constant(0), moved), parallel_iterations=1)
+        stacked = tf.reshape(moved.stack(), [(last - first + 1) * c, *shape[1:]])
+        start = lo - first * c
+        self.particle_cloud.assign_shard(replica, stacked[start:start + hi - lo])
 
     def update_batch_particles(self, images: tf.Tensor, indices: tf.Tensor,
-                               batch_particles: tf.Tensor) -> None:
+                               batch_particles: tf.Tensor, batch: ReplicaBatch) -> None:
         """Eq. (3) for the batch's particles only (``particle_update = "batch"``)."""
         drift = self.log_joint_gradient(batch_particles, images)
-        self.latents.scatter(indices, self.langevin_step(batch_particles, drift))
+        noise = batch.normal(batch_particles.shape[1:], SALT_LANGEVIN, batch_particles.dtype)
+        self.latents.scatter(batch.replica, indices, kernels.langevin_step(
+            batch_particles, drift, self.params.step_size, noise=noise))
 
     def apply_theta_gradient(self, grads) -> None:
         self.theta_optimizer.apply_gradients(zip(grads, self.model.theta))
 
     # ------------------------------------------------------------------ the step
-    def _train_step(self, images, indices):
-        return self.strategy.run(self._replica_step, (images, indices))
-
-    def _replica_step(self, images, indices):
-        images = self.data.transform_batch(images, self.generator)
-        batch_particles = self.latents.gather(indices)  # X_k for B_k
-        out, grads = self.theta_gradient(images, batch_particles)  # at theta_k
+    def replica_step(self, images, indices, batch):
+        images = self.data.transform_batch(images, transform_noise(batch, images))
+        batch_particles = self.latents.gather(batch.replica, indices)  # X_k for B_k
+        out, grads = self.theta_gradient(images, batch_particles, batch)  # at theta_k
         if self.params.particle_update == "all":
-            self.update_all_particles()  # with theta_k
+            self.update_all_particles(batch.seed, batch.replica)  # with theta_k
         else:
-            self.update_batch_particles(images, indices, batch_particles)
+            self.update_batch_particles(images, indices, batch_particles, batch)
         self.apply_theta_gradient(grads)  # theta_{k+1}
-        out.update(cloud_statistics(self.particle_cloud))
+        lo, hi = self.layout.shard(batch.replica)
+        out.update(cloud_statistics(self.particle_cloud.local(batch.replica)[: hi - lo],
+                                    self.num_images))
         return out
 
     # ------------------------------------------------------------------ TensorBoard
@@ -247,16 +274,27 @@ class PGA(Scheme, PerDatapointLatents, FittedPosterior):
         tf.summary.image("images/samples_particle_gaussian", grid[None], step=step)
 
 
-def cloud_statistics(cloud) -> dict:
+def cloud_statistics(cloud, total_rows: int) -> dict:
     """Mean particle norm, spread per dimension over the whole cloud (mean of the d standard
-    deviations), and the spread of each image's N particles around their own mean."""
+    deviations), and the spread of each image's N particles around their own mean.
+
+    ``cloud`` is this replica's rows [m, N, d] of ``total_rows``; the sums are all-reduced, so
+    every replica reports the statistics of the whole cloud."""
     cloud = tf.convert_to_tensor(cloud)
-    d = cloud.shape[-1]
+    n, d = cloud.shape[1], cloud.shape[-1]
     flat = tf.reshape(cloud, [-1, d])
-    within = tf.math.reduce_std(cloud, axis=1) if cloud.shape[1] > 1 else tf.zeros_like(cloud[:, 0])
-    return {"cloud_mean_norm": tf.reduce_mean(tf.norm(flat, axis=-1)),
-            "cloud_std": tf.reduce_mean(tf.math.reduce_std(flat, axis=0)),
-            "particle_spread": tf.reduce_mean(within)}
+    within = tf.math.reduce_std(cloud, axis=1) if n > 1 else tf.zeros_like(cloud[:, 0])
+    sums = [tf.reduce_sum(flat, 0), tf.reduce_sum(tf.square(flat), 0),
+            tf.reduce_sum(tf.norm(flat, axis=-1)), tf.reduce_sum(tf.reduce_mean(within, -1))]
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+    first, second, norms, spread = sums
+    count = float(total_rows * n)
+    mean = first / count
+    std = tf.sqrt(tf.maximum(second / count - tf.square(mean), 0.0))
+    return {"cloud_mean_norm": norms / count, "cloud_std": tf.reduce_mean(std),
+            "particle_spread": spread / total_rows}
 
 
 def _stateless_seed(generator: tf.random.Generator) -> tf.Tensor:

@@ -11,9 +11,9 @@ the same time, on the sum of the per-image ELBOs, a lower bound on log p_theta(y
 (Kingma & Welling 2014, eq. (3), with a free q per image instead of an amortized one;
 Hoffman et al. 2013 for stochastic VI with local and global parameters).  The expectation
 is a reparameterized average over ``mc_samples`` draws z = mu + sigma * eps, the KL is in
-closed form (Kingma & Welling 2014, appendix B).  The noise eps comes from a stateless seed
-drawn from the run's generator each step (:func:`tfgen.inference.kernels.seeds_from`),
-whose state every checkpoint holds with the table, its optimizer state and theta's
+closed form (Kingma & Welling 2014, appendix B).  The noise eps comes from the step's seed,
+drawn from the run's generator each step (:class:`tfgen.distribute.ReplicaBatch`), whose
+state every checkpoint holds with the table, its optimizer state and theta's
 optimizer, so a resumed run continues exactly.
 
 Each step, for a batch B of b images (:mod:`tfgen.inference.per_datapoint`):
@@ -43,8 +43,8 @@ import dataclasses
 import tensorflow as tf
 
 from tfgen.config import field
+from tfgen.distribute import SALT_REPARAMETERIZE
 from tfgen.data import Split
-from tfgen.inference import kernels
 from tfgen.inference.elbo import elbo_terms, gaussian_posterior
 from tfgen.inference.per_datapoint import PerDatapointConfig, PerDatapointScheme
 from tfgen.registry import SCHEMES
@@ -73,11 +73,11 @@ class SVI(PerDatapointScheme):
         """The means mu_m, [M, d]."""
         return self.latents.values[:, : self.model.latent_dim]
 
-    def objective(self, rows, images):
+    def objective(self, rows, images, batch):
         """-ELBO_m per image for rows psi = (mu, log sigma^2) [b, 2d]."""
         mean, log_variance = tf.split(rows, 2, axis=-1)
-        noise = kernels.standard_normal(tf.concat([[self.params.mc_samples], tf.shape(mean)], 0),
-                                        kernels.seeds_from(self.generator), mean.dtype)
+        noise = tf.transpose(batch.normal([self.params.mc_samples, self.model.latent_dim],
+                                          SALT_REPARAMETERIZE, mean.dtype), [1, 0, 2])
         terms = elbo_terms(self.model, gaussian_posterior(mean, log_variance), images,
                            self.params.mc_samples, noise=noise, training=True)
         reconstruction, kl = tf.reduce_mean(terms.reconstruction), tf.reduce_mean(terms.kl)

@@ -14,8 +14,10 @@ import tensorflow as tf
 
 from tfgen.config import Component, field
 from tfgen.data import Split
+from tfgen.distribute import SALT_REPARAMETERIZE, transform_noise
 from tfgen.evaluation.metrics import mean_elbo
-from tfgen.inference.base import PosteriorEstimates, Scheme, make_optimizer
+from tfgen.inference.base import (PosteriorEstimates, Scheme, make_optimizer, scaled_gradients,
+                                  with_loss_scaling)
 from tfgen.inference.capabilities import AmortizedPosterior
 from tfgen.inference.elbo import elbo_terms, gaussian_posterior, split_gaussian_params
 from tfgen.models.model import with_file
@@ -39,12 +41,12 @@ class VAE(Scheme, AmortizedPosterior, PosteriorEstimates):
     monitor = "loss"  # -ELBO (seed 001 task 1c: early stopping on the negative ELBO)
 
     def __init__(self, params: VAEConfig, model, data, cfg, generator, strategy):
+        super().__init__(params, model, data, cfg, generator, strategy)
         d = model.latent_dim
         self.encoder = with_file(cfg, lambda: build_network(params.encoder, (2 * d,), "inference.encoder"))
         self.encoder(tf.zeros([1, *data.image_shape]))
-        self.optimizer = make_optimizer(cfg.train)
+        self.optimizer = with_loss_scaling(make_optimizer(cfg.train), cfg)
         self.optimizer.build(model.theta + self.encoder.trainable_variables)
-        super().__init__(params, model, data, cfg, generator, strategy)
 
     def checkpoint_items(self):
         return {"encoder": self.encoder, "optimizer": self.optimizer}
@@ -59,19 +61,21 @@ class VAE(Scheme, AmortizedPosterior, PosteriorEstimates):
     def posterior(self, images, training=False):
         return gaussian_posterior(*split_gaussian_params(self.encoder(images, training=training)))
 
-    def _train_step(self, images, indices):
-        return self.strategy.run(self._replica_step, (images,))
-
-    def _replica_step(self, images):
-        images = self.data.transform_batch(images, self.generator)
+    def replica_step(self, images, indices, batch):
+        images = self.data.transform_batch(images, transform_noise(batch, images))
         variables = self.model.theta + self.encoder.trainable_variables
+        # [S, b, d] reparameterization noise: this replica's images' share of the batch's
+        noise = tf.transpose(batch.normal([self.params.mc_samples, self.model.latent_dim],
+                                          SALT_REPARAMETERIZE), [1, 0, 2])
         with tf.GradientTape() as tape:
             q = self.posterior(images, training=True)
-            terms = elbo_terms(self.model, q, images, self.params.mc_samples, self.generator,
+            terms = elbo_terms(self.model, q, images, self.params.mc_samples, noise=noise,
                                training=True)
-            reconstruction = tf.reduce_mean(terms.reconstruction)
-            kl = tf.reduce_mean(terms.kl)
-            loss = -(reconstruction - self.params.beta * kl)
-        grads = tape.gradient(loss, variables)
+            per_image = -(terms.reconstruction - self.params.beta * terms.kl)
+            scaled_loss = tf.reduce_sum(per_image) * self.gradient_scale(batch)
+        grads = scaled_gradients(tape, scaled_loss, variables, self.optimizer)
         self.optimizer.apply_gradients(zip(grads, variables))
-        return {"loss": loss, "elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
+        reconstruction = tf.reduce_mean(terms.reconstruction)
+        kl = tf.reduce_mean(terms.kl)
+        return {"loss": -(reconstruction - self.params.beta * kl), "elbo": reconstruction - kl,
+                "reconstruction": reconstruction, "kl": kl}

@@ -1,6 +1,8 @@
 """The generative model p_theta(z, y) = p(z) p_theta(y | z), assembled from config."""
 from __future__ import annotations
 
+import contextlib
+
 import tensorflow as tf
 
 from tfgen.config import Config
@@ -25,9 +27,13 @@ class GenerativeModel(tf.Module):
         return list(self.decoder.trainable_variables) + list(self.likelihood.trainable_variables)
 
     def decode(self, z: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """Decoder output for latents of shape [..., d] (leading dims are flattened and restored)."""
+        """Decoder output for latents of shape [..., d] (leading dims are flattened and restored).
+
+        Under ``runtime.mixed_precision`` the decoder computes in float16/bfloat16; its output
+        is cast back to z's dtype here, so the likelihood and every log density stay float32."""
         lead = tf.shape(z)[:-1]
         out = self.decoder(tf.reshape(z, [-1, self.latent_dim]), training=training)
+        out = tf.cast(out, z.dtype)
         return tf.reshape(out, tf.concat([lead, tf.shape(out)[1:]], axis=0))
 
     def log_likelihood(self, z: tf.Tensor, images: tf.Tensor, training: bool = False) -> tf.Tensor:
@@ -50,8 +56,24 @@ def build_model(cfg: Config, image_shape, pixel_range) -> GenerativeModel:
     prior = build_prior(cfg.model.prior)
     likelihood = build_likelihood(cfg.model.likelihood, image_shape, pixel_range)
     out_shape = (*image_shape[:2], likelihood.output_channels())
-    decoder = with_file(cfg, lambda: build_network(cfg.model.decoder, out_shape, "model.decoder"))
-    return GenerativeModel(prior, decoder, likelihood, prior.dim)
+    with decoder_precision(cfg.runtime.mixed_precision):
+        decoder = with_file(cfg, lambda: build_network(cfg.model.decoder, out_shape, "model.decoder"))
+        return GenerativeModel(prior, decoder, likelihood, prior.dim)
+
+
+@contextlib.contextmanager
+def decoder_precision(policy: str):
+    """Build the decoder's layers under the Keras mixed-precision policy ``policy``: float32
+    variables, float16/bfloat16 computation (Micikevicius et al. 2018).  Only the decoder:
+    the encoder, the likelihood, the priors, the latents and the optimizer state stay float32."""
+    import tf_keras as keras
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def with_file(cfg: Config, build):

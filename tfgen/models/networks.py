@@ -404,7 +404,9 @@ class ResidualDecoder(Network):
 
     @staticmethod
     def _conv(layer, x):
-        y = same_conv2d(x, layer.kernel)
+        # the kernel's value, read here (in the layer's compute dtype): custom_gradient takes
+        # tensors, and a mirrored variable passed in would count as a captured variable
+        y = same_conv2d(x, tf.convert_to_tensor(layer.kernel))
         return y + layer.bias if layer.use_bias else y
 
     def call(self, z, training=False):
