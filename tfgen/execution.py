@@ -25,7 +25,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from tfgen.distribute import ReplicaBatch, step_seed
-from tfgen.runtime import compile_step, resolve_compile
+from tfgen.runtime import compile_step, resolve_compile, step_compile_mode
 
 
 class Execution(NamedTuple):
@@ -50,9 +50,13 @@ class StepExecutor:
                  generator: tf.random.Generator, counters: dict[str, tf.Variable],
                  compile_mode: str):
         # XLA compiles the scheme's step, not the loop around it (an iterator cannot be
-        # compiled by XLA, nor can the replicas' all-gather of their batch sizes)
+        # compiled by XLA, nor can the replicas' all-gather of their batch sizes).  On several
+        # replicas the step holds all-reduces (the optimizers', the cloud statistics'), which
+        # TensorFlow cannot run from a function nested in strategy.run: graph mode there
+        # (runtime.step_compile_mode, which the run's log line reports)
         self.replica_step = (compile_step(replica_step, compile_mode)
-                             if resolve_compile(compile_mode) == "xla" else replica_step)
+                             if step_compile_mode(compile_mode, strategy) == "xla"
+                             else replica_step)
         self.strategy = strategy
         self.generator = generator
         self.counters = counters

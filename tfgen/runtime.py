@@ -39,6 +39,15 @@ def resolve_compile(mode: str) -> str:
     return "xla" if tf.config.list_physical_devices("GPU") else "graph"
 
 
+def step_compile_mode(mode: str, strategy) -> str:
+    """The training step's mode: ``resolve_compile``, but graph instead of XLA on several
+    replicas (the step's all-reduces cannot sit in an XLA function nested in strategy.run)."""
+    mode = resolve_compile(mode)
+    if mode == "xla" and strategy.num_replicas_in_sync > 1:
+        return "graph"
+    return mode
+
+
 def compile_step(fn, mode: str):
     """Wrap a step function per the compile mode; the one place steps get compiled."""
     mode = resolve_compile(mode)
