@@ -6,7 +6,8 @@ For q(z) = N(mu, diag(sigma^2)) and the model p(z) p_theta(y | z):
 
 (seed 001, task 1b; Kingma & Welling 2014, eq. (3)).  The expectation is a
 reparameterized Monte Carlo average z = mu + sigma * eps, eps ~ N(0, I); the
-KL is in closed form (Kingma & Welling 2014, appendix B).  The importance
+KL is in closed form (Kingma & Welling 2014, appendix B) for the standard normal prior and
+the Monte Carlo estimate at the same samples for the others (``GenerativeModel.kl_to_prior``).  The importance
 weighted bound with K samples (Burda et al. 2016, eq. (8))
 
     log p(y) >= E[ log 1/K sum_k p_theta(y, z_k) / q(z_k) ],  z_k ~ q,
@@ -63,7 +64,7 @@ def elbo_terms(model, q: tfd.MultivariateNormalDiag, images: tf.Tensor, num_samp
     """Reparameterized ELBO with the KL in closed form."""
     z = reparameterized_samples(q, num_samples, noise, generator)
     reconstruction = tf.reduce_mean(model.log_likelihood(z, images, training), axis=0)
-    kl = tfd.kl_divergence(q, model.prior.distribution(q.loc.dtype))
+    kl = model.kl_to_prior(q, z)
     return ElboTerms(reconstruction - kl, reconstruction, kl)
 
 

@@ -121,8 +121,7 @@ class LatentFitter:
         q = tfd.MultivariateNormalDiag(mean, tf.exp(0.5 * log_variance))
         z = mean + tf.exp(0.5 * log_variance) * noise
         expected = tf.reduce_mean(self.model.log_likelihood_observed(z, images, observed), axis=0)
-        kl = tfd.kl_divergence(q, self.model.prior.distribution(params.dtype))
-        return -(expected - kl)
+        return -(expected - self.model.kl_to_prior(q, z))
 
     def _point_objective(self, z, images, observed, prior_lambda):
         """-(lambda log p(z) + log p(y_O | z)) per image."""

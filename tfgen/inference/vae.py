@@ -45,6 +45,9 @@ class VAE(Scheme, AmortizedPosterior, PosteriorEstimates):
         d = model.latent_dim
         self.encoder = with_file(cfg, lambda: build_network(params.encoder, (2 * d,), "inference.encoder"))
         self.encoder(tf.zeros([1, *data.image_shape]))
+        if model.prior.needs_encoder:  # the VampPrior: a mixture of q at pseudo-inputs
+            model.prior.attach_encoder(self.encoder, data.image_shape, data.pixel_range,
+                                       split_gaussian_params)
         self.optimizer = with_loss_scaling(make_optimizer(cfg.train), cfg)
         self.optimizer.build(model.theta + self.encoder.trainable_variables)
 

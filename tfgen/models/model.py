@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tfgen.config import Config
 from tfgen.errors import ConfigError
@@ -23,8 +24,9 @@ class GenerativeModel(tf.Module):
 
     @property
     def theta(self) -> list[tf.Variable]:
-        """theta: the decoder's and the likelihood's trainable variables."""
-        return list(self.decoder.trainable_variables) + list(self.likelihood.trainable_variables)
+        """theta: the decoder's, the likelihood's and the prior's trainable variables."""
+        return (list(self.decoder.trainable_variables) + list(self.likelihood.trainable_variables)
+                + list(self.prior.trainable_variables))
 
     def decode(self, z: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Decoder output for latents of shape [..., d] (leading dims are flattened and restored).
@@ -46,6 +48,14 @@ class GenerativeModel(tf.Module):
 
     def log_prior(self, z: tf.Tensor) -> tf.Tensor:
         return self.prior.distribution(z.dtype).log_prob(z)
+
+    def kl_to_prior(self, q, z: tf.Tensor) -> tf.Tensor:
+        """KL(q || p) per image [B] for a Gaussian q: in closed form when the prior has one
+        (the standard normal; Kingma & Welling 2014, appendix B), else the Monte Carlo estimate
+        mean_s [log q(z_s) - log p(z_s)] at the ELBO's own samples z [S, B, d]."""
+        if self.prior.analytic_kl:
+            return tfp.distributions.kl_divergence(q, self.prior.distribution(q.loc.dtype))
+        return tf.reduce_mean(q.log_prob(z) - self.log_prior(z), axis=0)
 
     def log_joint(self, z: tf.Tensor, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         """log p_theta(z, y) = log p(z) + log p_theta(y | z)  (seed 000, eq. (1))."""

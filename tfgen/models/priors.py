@@ -1,15 +1,48 @@
-"""Priors p(z) over the latent space."""
+"""Priors p(z) over the latent space: each a TFP distribution (``distribution()``, with
+``log_prob`` and ``sample``) and its trainable variables, which join theta.
+
+* ``standard_normal``: N(0, I) (seed 000; seed 001), KL to a Gaussian q in closed form;
+* ``gaussian_mixture``: sum_k pi_k N(mu_k, diag sigma_k^2), K learned components;
+* ``realnvp``: a RealNVP flow on N(0, I) (Dinh, Sohl-Dickstein & Bengio 2017; the lecture's
+  NVP slides): affine coupling layers whose masks alternate (a reversal between layers);
+* ``vamp``: the VampPrior, (1/K) sum_k q_phi(z | u_k) at K learned pseudo-inputs u_k
+  (Tomczak & Welling 2018); it needs the scheme's encoder (``vae`` only).
+
+For every prior but the standard normal the ELBO's KL(q || p) is the Monte Carlo estimate
+E_q[log q(z) - log p(z)] at the ELBO's own samples (``GenerativeModel.kl_to_prior``).
+PGA's Langevin move needs only grad log p(z), which TensorFlow differentiates through any
+of them.
+"""
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
+import tf_keras as keras
 
 from tfgen.config import field
 from tfgen.registry import PRIORS
 
 tfd = tfp.distributions
+tfb = tfp.bijectors
+
+
+class Prior(tf.Module):
+    """Base: ``dim``, ``distribution(dtype)``, ``analytic_kl`` (KL to a diagonal Gaussian in
+    closed form), and the tf.Module's trainable variables."""
+
+    analytic_kl = False
+    #: needs the scheme's amortized encoder (attach_encoder before use)
+    needs_encoder = False
+
+    def __init__(self, dim: int, name: str):
+        super().__init__(name=name)
+        self.dim = dim
+
+    def distribution(self, dtype=tf.float32) -> tfd.Distribution:
+        raise NotImplementedError
 
 
 @dataclasses.dataclass
@@ -18,15 +51,172 @@ class StandardNormalConfig:
 
 
 @PRIORS.register("standard_normal", config=StandardNormalConfig)
-class StandardNormalPrior:
+class StandardNormalPrior(Prior):
     """p(z) = N(z | 0, I_d)  (seed 000, model step 1; seed 001, task 1a)."""
 
+    analytic_kl = True
+
     def __init__(self, config: StandardNormalConfig):
-        self.dim = config.dim
+        super().__init__(config.dim, "standard_normal")
 
     def distribution(self, dtype=tf.float32) -> tfd.Distribution:
         return tfd.MultivariateNormalDiag(loc=tf.zeros([self.dim], dtype),
                                           scale_diag=tf.ones([self.dim], dtype))
+
+
+@dataclasses.dataclass
+class GaussianMixtureConfig:
+    dim: int = field(16, min=1, max=4096, help="latent dimension d")
+    components: int = field(10, min=1, max=10000, help="K mixture components")
+    init_spread: float = field(1.0, min=0.0, max=100.0,
+                               help="initial means ~ N(0, init_spread^2 I) (fixed seed)")
+    init_scale: float = field(1.0, gt=0.0, max=100.0, help="initial sigma of every component")
+    min_scale: float = field(1e-3, min=0.0, max=1.0, help="floor of every component's sigma")
+
+
+@PRIORS.register("gaussian_mixture", config=GaussianMixtureConfig)
+class GaussianMixturePrior(Prior):
+    """p(z) = sum_k softmax(a)_k N(z | mu_k, diag sigma_k^2), a, mu, sigma learned with theta
+    (sigma = min_scale + softplus(raw))."""
+
+    def __init__(self, config: GaussianMixtureConfig):
+        super().__init__(config.dim, "gaussian_mixture")
+        k, d = config.components, config.dim
+        rng = np.random.default_rng(0)  # the initial means are part of the recipe, not the run
+        self.config = config
+        self.logits = tf.Variable(tf.zeros([k]), name="logits")
+        self.means = tf.Variable((config.init_spread * rng.normal(size=(k, d))).astype(np.float32),
+                                 name="means")
+        raw = np.log(np.expm1(max(config.init_scale - config.min_scale, 1e-6)))
+        self.raw_scales = tf.Variable(tf.fill([k, d], np.float32(raw)), name="raw_scales")
+
+    def distribution(self, dtype=tf.float32) -> tfd.Distribution:
+        scales = self.config.min_scale + tf.nn.softplus(self.raw_scales)
+        return tfd.MixtureSameFamily(
+            tfd.Categorical(logits=tf.cast(self.logits, dtype)),
+            tfd.MultivariateNormalDiag(tf.cast(self.means, dtype), tf.cast(scales, dtype)))
+
+
+@dataclasses.dataclass
+class RealNVPConfig:
+    dim: int = field(16, min=2, max=4096, help="latent dimension d (at least 2: coupling "
+                                                "layers split z)")
+    coupling_layers: int = field(4, min=1, max=64, help="affine coupling layers; the masks "
+                                                        "alternate (z is reversed between layers)")
+    hidden: list[int] = field(factory=lambda: [64, 64], help="widths of each coupling "
+                                                            "network's hidden layers")
+
+
+class CouplingNetwork(keras.layers.Layer):
+    """(shift, log scale) of an affine coupling layer from the unchanged half x_{1:m}
+    (Dinh et al. 2017, eq. (4)-(6)): an MLP; log scale = tanh(raw) keeps each layer's
+    Jacobian within e^{+-1} per dimension (a common stabilisation)."""
+
+    def __init__(self, masked: int, output_units: int, hidden: list[int], **kwargs):
+        super().__init__(**kwargs)
+        self.masked, self.output_units, self.hidden = masked, output_units, list(hidden)
+        self.layers_ = [keras.layers.Dense(w, activation="relu") for w in self.hidden]
+        # the last layer starts at zero: every coupling layer starts as the identity
+        self.out = keras.layers.Dense(2 * output_units, kernel_initializer="zeros")
+
+    def call(self, x, output_units=None):
+        h = x
+        for layer in self.layers_:
+            h = layer(h)
+        shift, raw = tf.split(self.out(h), 2, axis=-1)
+        return shift, tf.tanh(raw)
+
+    def get_config(self):
+        return {**super().get_config(), "masked": self.masked,
+                "output_units": self.output_units, "hidden": self.hidden}
+
+
+@PRIORS.register("realnvp", config=RealNVPConfig)
+class RealNVPPrior(Prior):
+    """p(z): z = f(u), u ~ N(0, I), f a chain of ``coupling_layers`` RealNVP affine couplings
+    (tfb.RealNVP with a Keras coupling network) with the dimensions reversed between them, so
+    every dimension is transformed; log p(z) = log N(f^{-1}(z)) + log |det d f^{-1}/dz|."""
+
+    def __init__(self, config: RealNVPConfig):
+        super().__init__(config.dim, "realnvp")
+        d = config.dim
+        masked = d // 2
+        self.networks = [CouplingNetwork(masked, d - masked, config.hidden, name=f"coupling_{i}")
+                         for i in range(config.coupling_layers)]
+        for net in self.networks:  # variables now, under the caller's (strategy's) scope
+            net(tf.zeros([1, masked]))
+        bijectors = []
+        for i, net in enumerate(self.networks):
+            if i:
+                bijectors.append(tfb.Permute(list(reversed(range(d)))))
+            bijectors.append(tfb.RealNVP(num_masked=masked, shift_and_log_scale_fn=net))
+        self.bijector = tfb.Chain(list(reversed(bijectors)))  # Chain applies the last first
+
+    def distribution(self, dtype=tf.float32) -> tfd.Distribution:
+        base = tfd.MultivariateNormalDiag(tf.zeros([self.dim], dtype), tf.ones([self.dim], dtype))
+        return tfd.TransformedDistribution(base, self.bijector)
+
+
+@dataclasses.dataclass
+class VampConfig:
+    dim: int = field(16, min=1, max=4096, help="latent dimension d")
+    pseudo_inputs: int = field(500, min=1, max=100000,
+                               help="K learned pseudo-inputs u_k (Tomczak & Welling: 500)")
+    init_mean: float = field(0.5, help="initial u_k ~ N(init_mean, init_std^2), per pixel, in "
+                                       "the data's pixel range (clipped to it)")
+    init_std: float = field(0.01, min=0.0, help="spread of the initial pseudo-inputs")
+
+    def check(self, cfg):
+        from tfgen.inference.capabilities import AmortizedPosterior, require
+
+        require(cfg, AmortizedPosterior, "model.prior.name", "the VampPrior (a mixture of the "
+                "encoder's posteriors at pseudo-inputs)", given="vamp",
+                alternative="model.prior.name = 'gaussian_mixture' or 'realnvp'")
+
+
+@PRIORS.register("vamp", config=VampConfig)
+class VampPrior(Prior):
+    """p(z) = (1/K) sum_k q_phi(z | u_k): the encoder's posteriors at K learned pseudo-inputs
+    (Tomczak & Welling 2018, eq. (9)).  The pseudo-inputs are created when the scheme attaches
+    its encoder (they have the images' shape); they are trained with theta and phi."""
+
+    needs_encoder = True
+
+    def __init__(self, config: VampConfig):
+        super().__init__(config.dim, "vamp")
+        self.config = config
+        self.encoder = None
+        self.pseudo_inputs = None
+
+    def attach_encoder(self, encoder, image_shape, pixel_range, posterior_params) -> None:
+        """``posterior_params(encoder_output) -> (mean, log variance)``."""
+        low, high = pixel_range
+        rng = np.random.default_rng(0)
+        c = self.config
+        init = rng.normal(low + c.init_mean * (high - low), c.init_std * (high - low),
+                          size=(c.pseudo_inputs, *image_shape))
+        self.pseudo_inputs = tf.Variable(np.clip(init, low, high).astype(np.float32),
+                                         name="pseudo_inputs")
+        self.encoder = encoder
+        self._posterior_params = posterior_params
+        self._pixel_range = (low, high)
+
+    def distribution(self, dtype=tf.float32) -> tfd.Distribution:
+        if self.encoder is None:
+            raise RuntimeError("the VampPrior needs the scheme's encoder (attach_encoder)")
+        # u_k kept in the pixel range (Tomczak & Welling: a hardtanh on the pseudo-inputs)
+        inputs = tf.clip_by_value(self.pseudo_inputs, *self._pixel_range)
+        mean, log_variance = self._posterior_params(self.encoder(inputs))
+        k = self.config.pseudo_inputs
+        return tfd.MixtureSameFamily(
+            tfd.Categorical(logits=tf.zeros([k], dtype)),
+            tfd.MultivariateNormalDiag(tf.cast(mean, dtype),
+                                       tf.cast(tf.exp(0.5 * log_variance), dtype)))
+
+    @property
+    def trainable_variables(self):
+        # the encoder's variables are phi's (the scheme trains them); u_k are the prior's
+        return (self.pseudo_inputs,) if self.pseudo_inputs is not None else ()
 
 
 def build_prior(component):
