@@ -32,6 +32,7 @@ SCHEMES = {
     # step sizes large enough that the cloud and theta move visibly in 8 steps
     "pga": 'particles = 3\nchunk_size = 24\nstep_size = 0.01\ntheta_scale = 0.001\n',
     "svi": 'validation_images = 8\nvalidation_fit_steps = 3\n',
+    "gan": 'loss = "non_saturating"\n',
 }
 
 
@@ -39,6 +40,9 @@ def write_config(idx_folder: Path, tmp: Path, scheme: str, epochs: int = 2) -> P
     text = tiny_config(idx_folder, tmp / "runs", epochs=epochs).split("[[evaluate]]")[0]
     if scheme != "vae":
         text = text.replace('[inference.encoder]\nname = "mlp"\nhidden = [32]\n', "")
+    if scheme == "gan":  # an MLP critic (no batch norm: replicas would normalise apart)
+        text = text.replace("[model.likelihood]", '[model.discriminator]\nname = "mlp"\n'
+                            'hidden = [32]\n\n[model.likelihood]')
     text = text.replace('scheme = "vae"', f'scheme = "{scheme}"\n{SCHEMES[scheme]}')
     # 128 images in batches of 32 (and a last batch of 16 with 48: uneven replica parts)
     text = text.replace("batch_size = 32", "batch_size = 48")

@@ -108,6 +108,10 @@ class ModelConfig:
     prior: Component = field(factory=lambda: Component("standard_normal"), registry="priors")
     decoder: Component = field(factory=lambda: Component("conv_decoder"), registry="networks")
     likelihood: Component = field(factory=lambda: Component("bernoulli"), registry="likelihoods")
+    discriminator: Component = field(
+        factory=lambda: Component("conv_encoder"), registry="networks",
+        help="the discriminator (critic) of the adversarial schemes gan and bigan, a network with "
+             "vector output; the other schemes do not use it")
 
 
 @dataclasses.dataclass
@@ -443,8 +447,9 @@ def from_dict(raw: dict, file: str = "<config>") -> Config:
     cfg.source_file = file
     if "evaluate" not in raw:
         # each scheme names its own defaults (task names or tables)
-        scheme_cls = ALL["schemes"].get(cfg.inference.name).factory
-        defaults = scheme_cls.default_evaluations
+        from tfgen.inference.capabilities import scheme_class
+
+        defaults = scheme_class(cfg).default_evaluations
         cfg.evaluate = [parser.component(dict(t) if isinstance(t, dict) else {"task": t},
                                          f"evaluate[{i}]",
                                          {"registry": "evaluations", "name_key": "task"})
@@ -464,7 +469,9 @@ def _cross_check(cfg: Config) -> None:
     """Checks that span sections; each component may add its own ``check(cfg)``, and the
     scheme class its ``check_config(cfg)``.  The checks are independent: all of them run,
     and their errors are raised together."""
-    checks = [ALL["schemes"].get(cfg.inference.name).factory.check_config]
+    from tfgen.inference.capabilities import scheme_class
+
+    checks = [scheme_class(cfg).check_config]
     for comp in [cfg.model.prior, cfg.model.decoder, cfg.model.likelihood, cfg.inference,
                  *cfg.evaluate]:
         check = getattr(comp.params, "check", None)

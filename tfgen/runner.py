@@ -15,8 +15,9 @@ from tfgen.config import Config, apply_overrides, from_dict, load_config, read_t
 from tfgen.data import DataBundle, load_data
 from tfgen.errors import CheckpointError, ConfigError, RunFailed, TfgenError
 from tfgen.evaluation.tasks import EvalContext
+from tfgen.inference.capabilities import scheme_class
 from tfgen.models.model import build_model
-from tfgen.registry import EVALUATIONS, SCHEMES
+from tfgen.registry import EVALUATIONS
 from tfgen.rundir import (CONFIG_NAME, create_run_dir, open_run_dir, write_config, write_metrics,
                           write_run_info)
 from tfgen.training import Interrupted, InterruptFlag, Progress, Trainer
@@ -41,7 +42,7 @@ def build(cfg: Config, data: DataBundle | None = None,
             check_data(cfg, data)
     with strategy.scope():
         model = build_model(cfg, data.image_shape, data.pixel_range)
-        scheme_cls = SCHEMES.get(cfg.inference.name).factory
+        scheme_cls = scheme_class(cfg)
         scheme = scheme_cls(cfg.inference.params, model, data, cfg, generator, strategy)
     return data, scheme, generator
 
@@ -97,7 +98,7 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
     write_run_info(run_dir, cfg, overrides, bool(resume), runtime.describe(strategy))
     progress.message(f"run directory: {run_dir}\ndata: {data.description}; train {len(data.train)}"
                      f", val {len(data.val) if data.val else 0}, test {len(data.test) if data.test else 0}"
-                     f", images {data.image_shape}; compile: {runtime.resolve_compile(cfg.train.compile)}"
+                     f", images {data.image_shape}; compile: {_compile_text(cfg, scheme)}"
                      + (f"; {cfg.runtime.strategy} strategy, {scheme.layout.num_replicas} replicas"
                         if cfg.runtime.strategy != "default" else "")
                      + (f"; memory: about {resources.format_bytes(memory.total)} estimated"
@@ -163,6 +164,13 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
     progress.message("evaluation: " + json.dumps(metrics["evaluation"], default=float))
     progress.message(f"done: {run_dir}")
     return run_dir
+
+
+def _compile_text(cfg: Config, scheme) -> str:
+    mode = runtime.step_compile_mode(cfg.train.compile, scheme.strategy)
+    if mode != runtime.resolve_compile(cfg.train.compile):
+        return f"{mode} (xla is not used on {scheme.layout.num_replicas} replicas)"
+    return mode
 
 
 def _run_worker(cfg: Config, strategy, memory_check: bool) -> None:

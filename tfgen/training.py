@@ -307,6 +307,8 @@ class Trainer:
             epoch_rate = epoch_images / max(time.monotonic() - epoch_start, 1e-9)
             record = {"epoch": epoch + 1, "step": int(self.step.numpy())}
             record.update({f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()})
+            # the scheme's own end of epoch (EM's M-step), before validation sees the result
+            record.update({f"train_{k}": float(v) for k, v in self.scheme.end_epoch().items()})
             record.update(self.validate(epoch))
             self.history.append(record)
             self._log_epoch(record)

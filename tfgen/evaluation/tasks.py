@@ -17,7 +17,8 @@ from tfgen.evaluation.metrics import (bits_per_dim, is_8bit, mean_elbo, mean_log
                                      per_image, summary)
 from tfgen.evaluation.samplers import Sampler, check_sampler, sample_latents
 from tfgen.inference.base import PosteriorEstimates
-from tfgen.inference.capabilities import LogLikelihood, Posterior, require
+from tfgen.inference.capabilities import (ExactLogLikelihood, ImageSampler, LogLikelihood,
+                                          Posterior, has, require)
 from tfgen.inference.proposals import Proposal
 from tfgen.registry import EVALUATIONS
 
@@ -100,9 +101,10 @@ def elbo_task(params: ElboTaskConfig, ctx: EvalContext) -> dict:
 @dataclasses.dataclass
 class LogLikelihoodConfig:
     split: SplitName = field("test")
-    estimator: Literal["is", "ais"] = field(
+    estimator: Literal["is", "ais", "exact"] = field(
         "is", help="is: importance sampling with K = `samples` draws of `proposal` (Burda et "
-                   "al. 2016); ais: annealed importance sampling (Neal 2001; Wu et al. 2017), "
+                   "al. 2016); exact: log p(y) in closed form (models that have one: em); "
+                   "ais: annealed importance sampling (Neal 2001; Wu et al. 2017), "
                    "slow: for small subsets (max_images), to check the is numbers")
     samples: int = field(100, min=1, max=100000, help="is: importance samples K per image, "
                                                       "decoded 100 at a time")
@@ -130,7 +132,11 @@ class LogLikelihoodConfig:
     batch_size: int = field(50, min=1, help="images at once (ais: times ais_chains chains)")
 
     def check(self, cfg):
-        _needs(cfg, LogLikelihood, "log_likelihood")
+        if self.estimator == "exact":
+            require(cfg, ExactLogLikelihood, "evaluate.estimator", "task 'log_likelihood' "
+                    "with estimator = 'exact'", given="exact", alternative="estimator = 'is'")
+        else:
+            _needs(cfg, LogLikelihood, "log_likelihood")
 
     def proposal_spec(self) -> Proposal:
         return Proposal(self.proposal, float(self.proposal_df), float(self.proposal_scale))
@@ -141,6 +147,8 @@ class LogLikelihoodConfig:
         ``IMPORTANCE_CHUNK`` samples at a time."""
         if self.estimator == "ais":
             return self.ais_chains, True, ("ais_chains",)
+        if self.estimator == "exact":
+            return 1, False, ()
         return min(self.samples, PosteriorEstimates.IMPORTANCE_CHUNK), False, ("samples",)
 
 
@@ -155,13 +163,18 @@ def log_likelihood_task(params: LogLikelihoodConfig, ctx: EvalContext) -> dict:
     importance sampling (:mod:`tfgen.evaluation.ais`, which says why it is this task's
     estimator rather than a task of its own), keys ``<split>_log_likelihood_ais`` and the
     transitions' mean acceptance probability ``<split>_ais_acceptance``.  Both are
-    stochastic lower bounds of log p(y)."""
+    stochastic lower bounds of log p(y).  ``'exact'``: the closed form of models that have one
+    (``<split>_log_likelihood_exact``)."""
     split = ctx.split(params.split, "evaluate.split")
     seed, proposal = ctx.cfg.experiment.seed, params.proposal_spec()
     if params.estimator == "is":
         result = mean_log_likelihood(ctx.scheme, split, params.batch_size, seed, params.samples,
                                      params.max_images, proposal)
         suffix = proposal.suffix
+    elif params.estimator == "exact":
+        result = summary(per_image(lambda images, i: ctx.scheme.exact_log_likelihood(images),
+                                   split, params.batch_size, params.max_images))
+        suffix = "_exact"
     else:
         settings = AISSettings(params.ais_steps, params.ais_chains, params.ais_leapfrog,
                                params.ais_step_size, params.ais_start)
@@ -225,10 +238,15 @@ class SamplesConfig:
     show: Literal["mean", "sample"] = field("mean", help="decoder mean E[y|z], or a draw y ~ p(y|z)")
 
     def check(self, cfg):
+        if has(cfg, ImageSampler) and self.sampler == "prior":
+            return  # the model's own samples
         check_sampler(cfg, self.sampler, "evaluate.sampler")
 
 
 def sample_grid(scheme, params: SamplesConfig, seed: int, pixel_range) -> np.ndarray:
+    if isinstance(scheme, ImageSampler):  # a model without a latent to decode
+        images = scheme.sample_images(params.num_images, seed, mean=params.show == "mean")
+        return figures.image_grid(np.asarray(images), params.ncols, pixel_range)
     z = sample_latents(params.sampler, scheme, params.num_images, seed)
     out = scheme.model.decode(z)
     lik = scheme.model.likelihood
@@ -240,8 +258,9 @@ def sample_grid(scheme, params: SamplesConfig, seed: int, pixel_range) -> np.nda
 def samples_task(params: SamplesConfig, ctx: EvalContext) -> dict:
     """Images decoded from latents drawn by the chosen sampler."""
     grid = sample_grid(ctx.scheme, params, ctx.cfg.experiment.seed, ctx.data.pixel_range)
-    figures.write_png(ctx.figure(f"samples_{params.sampler}.png"), grid)
-    figures.summary_image(f"eval/samples_{params.sampler}", grid, ctx.step)
+    name = f"samples_{params.sampler}" + ("_drawn" if params.show == "sample" else "")
+    figures.write_png(ctx.figure(f"{name}.png"), grid)
+    figures.summary_image(f"eval/{name}", grid, ctx.step)
     return {}
 
 

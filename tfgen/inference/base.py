@@ -118,6 +118,11 @@ class Scheme(tf.Module):
         """Named trackables beyond the model that a checkpoint must hold."""
         return {}
 
+    def end_epoch(self) -> dict[str, float]:
+        """Called after an epoch's steps, before validation (EM's M-step); what it returns is
+        recorded with the epoch's training metrics (``train_<name>``)."""
+        return {}
+
     def after_restore(self) -> None:
         """Re-apply hyper-parameters that a checkpoint also stores (optimizer learning rates),
         so that ``--set`` on resume takes effect."""

@@ -15,6 +15,8 @@ scheme) and the schemes that would do.
 * :class:`PerDatapointLatents` -- a table of latents per training image
   (:class:`tfgen.inference.latents.LatentTable`), e.g. PGA's particle cloud.
 * :class:`LogLikelihood` -- an exact or estimated log p(y) for any image.
+* :class:`ExactLogLikelihood` -- log p(y) in closed form.
+* :class:`ImageSampler` -- images drawn from the model itself, with no latent to decode.
 * :class:`TrainingLatents` -- latents of the training images: per-datapoint latents or an
   encoder's means (a scheme has it when it has either; :class:`AnyOf`).
 """
@@ -85,6 +87,27 @@ class LogLikelihood(Capability):
         raise NotImplementedError
 
 
+class ExactLogLikelihood(Capability):
+    """log p(y) in closed form (linear-Gaussian models, mixtures, flows, autoregressive models)."""
+
+    description = "an exact log-likelihood"
+
+    def exact_log_likelihood(self, images: tf.Tensor) -> tf.Tensor:
+        """log p(y) per image [B], in nats."""
+        raise NotImplementedError
+
+
+class ImageSampler(Capability):
+    """Images drawn from the model itself (no latent to decode: mixtures, autoregressive
+    models ...)."""
+
+    description = "samples of images from the model itself"
+
+    def sample_images(self, num: int, seed: int, mean: bool = False) -> tf.Tensor:
+        """``num`` images [num, H, W, C]; ``mean``: the mean of each draw's component."""
+        raise NotImplementedError
+
+
 class AnyOf(type):
     """Metaclass of a capability that a scheme has when it has any one of ``members``."""
 
@@ -105,16 +128,29 @@ class TrainingLatents(Capability, metaclass=AnyOf):
 
 
 def scheme_class(cfg):
+    """The class that implements the config's scheme (a scheme whose capabilities depend on
+    its settings, e.g. ``em`` for ppca or gmm, picks it with ``resolve(params)``)."""
     from tfgen.registry import SCHEMES
 
-    return SCHEMES.get(cfg.inference.name).factory
+    factory = SCHEMES.get(cfg.inference.name).factory
+    resolve = getattr(factory, "resolve", None)
+    return resolve(cfg.inference.params) if resolve is not None else factory
 
 
 def schemes_with(capability: type[Capability]) -> list[str]:
-    """Registered schemes that implement a capability (for error messages)."""
+    """Registered schemes that implement a capability (for error messages; a scheme with
+    variants names the variants that do, e.g. "em (model = 'gmm')")."""
     from tfgen.registry import SCHEMES
 
-    return [e.name for e in SCHEMES.entries() if issubclass(e.factory, capability)]
+    names = []
+    for e in SCHEMES.entries():
+        variants = getattr(e.factory, "variants", None)
+        if variants:
+            names += [f"{e.name} ({key} = {value!r})" for key, value, cls in variants()
+                      if issubclass(cls, capability)]
+        elif issubclass(e.factory, capability):
+            names.append(e.name)
+    return names
 
 
 def has(cfg, capability: type[Capability]) -> bool:

@@ -189,6 +189,12 @@ def _kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
     return centres
 
 
+def kmeans_plus_plus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k initial means [k, D] chosen from the rows of ``x`` by k-means++ (Arthur &
+    Vassilvitskii 2007): the start of :func:`fit_gmm` and of ``scheme = "em"``'s mixture."""
+    return _kmeans_plus_plus(np.asarray(x, np.float64), k, rng)
+
+
 def _fit_gmm_once(x, x2, k, covariance, iterations, tol, rng, variance_floor):
     means = _kmeans_plus_plus(x, k, rng)
     weights = np.full(k, 1.0 / k)
@@ -349,12 +355,24 @@ class _Scatter:
     Either way nothing larger than D x D (or the data) is allocated.
     """
 
-    def __init__(self, x: np.ndarray):
+    def __init__(self, x: np.ndarray | None):
+        if x is None:
+            return
         self.mean = x.mean(axis=0)
         self.xc = x - self.mean
         self.n, self.d = x.shape
         self.trace = float(np.sum(self.xc * self.xc)) / self.n
         self.s = (self.xc.T @ self.xc) / self.n if self.n >= self.d else None
+
+    @classmethod
+    def from_moments(cls, mean: np.ndarray, covariance: np.ndarray) -> "_Scatter":
+        """From xbar and S themselves (accumulated batch by batch, e.g. by ``scheme = "em"``)."""
+        scatter = cls(None)
+        scatter.mean = np.asarray(mean, np.float64)
+        scatter.s = np.asarray(covariance, np.float64)
+        scatter.xc, scatter.n, scatter.d = None, None, scatter.s.shape[0]
+        scatter.trace = float(np.trace(scatter.s))
+        return scatter
 
     def times(self, w: np.ndarray) -> np.ndarray:
         if self.s is not None:
@@ -405,15 +423,29 @@ def fit_ppca_em(x, q: int, iterations: int = 1000, tol: float = 1e-8, seed: int 
     mixtures of PPCA).
     """
     x = _as_data(x)
-    n, d = x.shape
-    _check_q(q, d)
+    _check_q(q, x.shape[1])
+    return _fit_ppca_em(_Scatter(x), q, iterations, tol, seed, min_sigma2)
+
+
+def fit_ppca_em_moments(mean, covariance, q: int, iterations: int = 1000, tol: float = 1e-8,
+                        seed: int = 0, min_sigma2: float = 1e-6, w0=None,
+                        sigma2_0: float | None = None) -> PPCAParams:
+    """:func:`fit_ppca_em` from the sample mean and covariance S (EM needs nothing else),
+    optionally starting from (``w0``, ``sigma2_0``) instead of the random start."""
+    scatter = _Scatter.from_moments(mean, covariance)
+    _check_q(q, scatter.d)
+    return _fit_ppca_em(scatter, q, iterations, tol, seed, min_sigma2, w0, sigma2_0)
+
+
+def _fit_ppca_em(scatter: "_Scatter", q: int, iterations: int, tol: float, seed: int,
+                 min_sigma2: float, w0=None, sigma2_0: float | None = None) -> PPCAParams:
+    d = scatter.d
     if iterations < 0 or not min_sigma2 > 0:
         raise ValueError("iterations must be >= 0 and min_sigma2 positive")
-    scatter = _Scatter(x)
     rng = np.random.default_rng(seed)
     scale = max(scatter.trace / d, min_sigma2)
-    w = rng.normal(size=(d, q)) * math.sqrt(scale / q)
-    sigma2 = scale
+    w = rng.normal(size=(d, q)) * math.sqrt(scale / q) if w0 is None else np.asarray(w0, np.float64)
+    sigma2 = scale if sigma2_0 is None else max(float(sigma2_0), min_sigma2)
     eye = np.eye(q)
 
     sw = scatter.times(w)
@@ -455,9 +487,19 @@ def fit_ppca_closed_form(x, q: int, min_sigma2: float = 1e-6) -> PPCAParams:
     sigma2 is clipped below at ``min_sigma2`` as in :func:`fit_ppca_em`.
     """
     x = _as_data(x)
-    n, d = x.shape
-    _check_q(q, d)
-    scatter = _Scatter(x)
+    _check_q(q, x.shape[1])
+    return _ppca_closed_form(_Scatter(x), q, min_sigma2)
+
+
+def fit_ppca_closed_form_moments(mean, covariance, q: int, min_sigma2: float = 1e-6) -> PPCAParams:
+    """:func:`fit_ppca_closed_form` from the sample mean and covariance S."""
+    scatter = _Scatter.from_moments(mean, covariance)
+    _check_q(q, scatter.d)
+    return _ppca_closed_form(scatter, q, min_sigma2)
+
+
+def _ppca_closed_form(scatter: "_Scatter", q: int, min_sigma2: float) -> PPCAParams:
+    d, n = scatter.d, scatter.n
     if scatter.s is not None:
         evals, evecs = np.linalg.eigh(scatter.s)
         order = np.argsort(evals)[::-1][:q]
@@ -475,10 +517,10 @@ def fit_ppca_closed_form(x, q: int, min_sigma2: float = 1e-6) -> PPCAParams:
     signs = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(q)])
     u = u * np.where(signs == 0, 1.0, signs)
     w = u * np.sqrt(np.maximum(lam - sigma2, 0.0))[None, :]
-    params = PPCAParams(W=w, mu=scatter.mean, sigma2=float(sigma2), log_likelihood_trace=[],
-                        converged=True)
-    log_lik = float(np.mean(ppca_log_prob(params, x)))
-    return dataclasses.replace(params, log_likelihood_trace=[log_lik])
+    m_logdet, m_inv = _chol_logdet_inv(w.T @ w + sigma2 * np.eye(q))
+    log_lik = _ppca_mean_log_lik(scatter.trace, w, sigma2, scatter.times(w), d, m_logdet, m_inv)
+    return PPCAParams(W=w, mu=scatter.mean, sigma2=float(sigma2),
+                      log_likelihood_trace=[float(log_lik)], converged=True)
 
 
 def _ppca_parts(params: PPCAParams) -> tuple[np.ndarray, np.ndarray, float, float, np.ndarray]:
