@@ -83,17 +83,25 @@ def mean_log_likelihood(scheme, split: Split, batch_size: int, seed: int, num_sa
 
 
 def bits_per_dim(result: dict, likelihood, image_shape, pixel_range,
-                 eight_bit: bool) -> dict[str, float]:
+                 eight_bit: bool, discrete: bool | None = None) -> dict[str, float]:
     """The bits-per-dimension figures of a :func:`summary` (module docstring): ``bits_per_dim``
     for a discrete likelihood, else ``bits_per_dim_density`` and, for 8-bit data
-    (``eight_bit``), ``bits_per_dim_8bit``; each with its standard error."""
+    (``eight_bit``), ``bits_per_dim_8bit``; each with its standard error.  ``discrete``
+    overrides what the likelihood says (a model whose log-likelihood is of the discrete
+    image without a pixel likelihood, e.g. a dequantized flow)."""
     from tfgen.models.likelihoods import (BernoulliLikelihood, BetaLikelihood,
-                                          CategoricalLikelihood)
+                                          CategoricalLikelihood,
+                                          DiscretizedLogisticMixtureLikelihood,
+                                          PixelCNNLikelihood)
 
     per_nat = 1.0 / (math.prod(image_shape) * math.log(2.0))
     bits = -result["log_likelihood"] * per_nat
     stderr = result["log_likelihood_stderr"] * per_nat
-    if isinstance(likelihood, (BernoulliLikelihood, CategoricalLikelihood)):
+    if discrete is None:
+        discrete = isinstance(likelihood, (BernoulliLikelihood, CategoricalLikelihood,
+                                           DiscretizedLogisticMixtureLikelihood,
+                                           PixelCNNLikelihood))
+    if discrete:
         return {"bits_per_dim": bits, "bits_per_dim_stderr": stderr}
     out = {"bits_per_dim_density": bits, "bits_per_dim_density_stderr": stderr}
     if eight_bit:

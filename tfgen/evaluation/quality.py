@@ -35,7 +35,7 @@ from tfgen.evaluation import distances, figures, inception
 from tfgen.evaluation.classifier import ClassifierConfig, load_or_train
 from tfgen.evaluation.samplers import GMMConfig, Sampler, check_sampler, sample_latents
 from tfgen.evaluation.tasks import EvalContext, SplitName, task_key
-from tfgen.inference.capabilities import DecoderLikelihood, require
+from tfgen.inference.capabilities import DecoderLikelihood, ImageSampler, has, require
 from tfgen.registry import EVALUATIONS
 from tfgen.runtime import compile_step
 
@@ -84,9 +84,10 @@ class SampleQualityConfig:
 
     def check(self, cfg: Config) -> None:
         key = task_key(cfg, self)
-        require(cfg, DecoderLikelihood, key, "task 'sample_quality'",
-                alternative="drop this [[evaluate]] entry")
-        check_sampler(cfg, self.sampler, f"{key}.sampler")
+        if not (has(cfg, ImageSampler) and self.sampler == "prior"):  # a model's own samples
+            require(cfg, DecoderLikelihood, key, "task 'sample_quality'",
+                    alternative="drop this [[evaluate]] entry")
+            check_sampler(cfg, self.sampler, f"{key}.sampler")
         if not getattr(cfg.data, f"{self.reference_split}_split"):
             raise ConfigError(cfg.source_file, f"{key}.reference_split",
                               f"data.{self.reference_split}_split is empty",
@@ -116,7 +117,14 @@ def shown(params: SampleQualityConfig, data) -> str:
 
 
 def generate(scheme, params: SampleQualityConfig, seed: int, compile_mode: str) -> np.ndarray:
-    """``num_samples`` decoded images [n, H, W, C] in the data's pixel range."""
+    """``num_samples`` decoded images [n, H, W, C] in the data's pixel range (a model with no
+    latent to decode, an :class:`ImageSampler`, draws its own)."""
+    if isinstance(scheme, ImageSampler):
+        low, high = scheme.data.pixel_range
+        mean = shown(params, scheme.data) == "mean"
+        return np.concatenate([np.clip(scheme.sample_images(
+            min(params.batch_size, params.num_samples - i), seed + i, mean=mean).numpy(), low, high)
+            for i in range(0, params.num_samples, params.batch_size)])
     z = sample_latents(params.sampler, scheme, params.num_samples, seed, params.gmm)
     model, lik = scheme.model, scheme.model.likelihood
     low, high = scheme.data.pixel_range

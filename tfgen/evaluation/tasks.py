@@ -191,7 +191,8 @@ def log_likelihood_task(params: LogLikelihoodConfig, ctx: EvalContext) -> dict:
     used = split.images[:result["images"]]
     result.update(bits_per_dim(result, ctx.model.likelihood, ctx.data.image_shape,
                                ctx.data.pixel_range,
-                               is_8bit(ctx.cfg.data, used, ctx.data.pixel_range)))
+                               is_8bit(ctx.cfg.data, used, ctx.data.pixel_range),
+                               getattr(ctx.scheme, "discrete_log_likelihood", None)))
     named = {}
     if "ais_acceptance" in result:
         named[f"{params.split}_ais_acceptance"] = result.pop("ais_acceptance")

@@ -21,6 +21,7 @@ import tensorflow_probability as tfp
 
 from tfgen.config import field
 from tfgen.errors import ConfigError
+from tfgen.models.pixelcnn import PixelCNNConfig, build_pixelcnn, int_seed, levels_of
 from tfgen.registry import LIKELIHOODS
 
 tfd = tfp.distributions
@@ -284,6 +285,140 @@ class BernoulliLikelihood(Likelihood):
     def sample(self, decoder_output, seed=None):
         bits = tf.cast(super().sample(decoder_output, seed), decoder_output.dtype)
         return self.low + (self.high - self.low) * bits
+
+
+# --------------------------------------------------------------------------- discretized logistics
+
+@dataclasses.dataclass
+class DiscretizedLogisticMixtureConfig:
+    components: int = field(10, min=1, max=100, help="K logistics per pixel (PixelCNN++: 10)")
+    levels: int = field(256, min=2, max=65536, help="pixel levels (8-bit images: 256)")
+    min_log_scale: float = field(-7.0, help="floor of every logistic's log scale (PixelCNN++)")
+
+    def check(self, cfg):
+        if cfg.data.binarize != "none":
+            raise ConfigError(cfg.source_file, "data.binarize", "the discretized logistic "
+                              "mixture is a distribution over pixel levels, not bits",
+                              cfg.data.binarize, "'none'")
+
+
+@LIKELIHOODS.register("discretized_logistic_mixture", config=DiscretizedLogisticMixtureConfig)
+class DiscretizedLogisticMixtureLikelihood(Likelihood):
+    """y_i | z ~ sum_k pi_ik DiscretizedLogistic(mu_ik, s_ik) over ``levels`` pixel levels
+    (Salimans, Karpathy, Chen & Kingma 2017, PixelCNN++, eq. (2)): the mass of level v is
+    F(v + 1/2) - F(v - 1/2) for the logistic CDF F (in level units), with all the mass below
+    the first level and above the last given to those levels.  Each channel is its own
+    mixture (PixelCNN++ also couples an RGB pixel's channels linearly; not here).  A
+    probability mass: its log-likelihood is that of the discrete image (bits/dim directly)."""
+
+    def __init__(self, config: DiscretizedLogisticMixtureConfig, image_shape, pixel_range):
+        super().__init__(config, image_shape, pixel_range)
+        self.components = config.components
+        self.params_per_channel = 3 * config.components
+
+    def targets(self, images):
+        top = self.config.levels - 1
+        return tf.clip_by_value(tf.round(self._unit(images) * top), 0.0, float(top))
+
+    def _params(self, decoder_output):
+        c, k = self.image_shape[-1], self.components
+        shape = tf.concat([tf.shape(decoder_output)[:-1], [c, 3, k]], axis=0)
+        logits, loc, raw_scale = tf.unstack(tf.reshape(decoder_output, shape), axis=-2)
+        top = float(self.config.levels - 1)
+        # locations in level units around the middle of the range, scales >= e^min_log_scale
+        loc = top / 2.0 + top / 2.0 * loc
+        log_scale = tf.maximum(raw_scale, self.config.min_log_scale)
+        return logits, loc, log_scale
+
+    def _pixel_distribution(self, decoder_output):
+        logits, loc, log_scale = self._params(decoder_output)
+        top = float(self.config.levels - 1)
+        # QuantizedDistribution puts the mass of (v - 1, v] on level v: the logistic shifted
+        # down by 1/2 gives level v the mass of (v - 1/2, v + 1/2] under mu, PixelCNN++'s bins
+        logistic = tfd.QuantizedDistribution(
+            tfd.Logistic(loc - 0.5, tf.exp(log_scale)), low=tf.constant(0.0, loc.dtype),
+            high=tf.constant(top, loc.dtype))
+        return tfd.MixtureSameFamily(tfd.Categorical(logits=logits), logistic)
+
+    def mean(self, decoder_output):
+        """E[y | z]: the mixture's mean location, clipped to the range (the discretization
+        moves the mean only near the edges; for figures)."""
+        logits, loc, _ = self._params(decoder_output)
+        top = float(self.config.levels - 1)
+        level = tf.clip_by_value(tf.reduce_sum(tf.nn.softmax(logits) * loc, -1), 0.0, top)
+        return self.low + (self.high - self.low) * level / top
+
+    def sample(self, decoder_output, seed=None):
+        level = self._pixel_distribution(decoder_output).sample(seed=seed)
+        return self.low + (self.high - self.low) * level / float(self.config.levels - 1)
+
+
+# --------------------------------------------------------------------------- PixelCNN
+
+#: tasks that need p(y | z) to factorize over pixels (marginals of hidden pixels, or the
+#: per-pixel mean and sd of the expected metric), which an autoregressive likelihood lacks
+NEEDS_FACTORIZED = ("complete", "inpainting", "reconstruct_without_encoder", "metric_map",
+                    "geodesics", "random_walk", "geodesic_kmeans", "rbf_precision")
+
+
+@dataclasses.dataclass
+class PixelCNNLikelihoodConfig(PixelCNNConfig):
+    conditional_channels: int = field(1, min=1, max=64, help="maps per image channel the "
+                                                             "decoder emits to condition on")
+
+    def check(self, cfg):
+        binarized = cfg.data.binarize != "none"
+        if binarized and self.levels != 2:
+            raise ConfigError(cfg.source_file, "model.likelihood.levels", "binarized images "
+                              "have 2 levels", self.levels, "2")
+        for i, task in enumerate(cfg.evaluate):
+            if task.name in NEEDS_FACTORIZED:
+                raise ConfigError(cfg.source_file, f"evaluate[{i}].task", f"task {task.name!r} "
+                                  "needs a likelihood that factorizes over pixels; the pixelcnn "
+                                  "likelihood is autoregressive", task.name,
+                                  "another task, or a per-pixel likelihood")
+
+
+@LIKELIHOODS.register("pixelcnn", config=PixelCNNLikelihoodConfig)
+class PixelCNNLikelihood(Likelihood):
+    """p(y | z) = PixelCNN(y | h = decoder(z)) (van den Oord et al. 2016; tfd.PixelCNN with the
+    decoder's output as global conditioning, :mod:`tfgen.models.pixelcnn`): autoregressive over
+    the pixels, so ``mean`` has no closed form (figures show a sample) and tasks that need
+    per-pixel factors are refused at load time."""
+
+    stddev_varies = True
+
+    def __init__(self, config: PixelCNNLikelihoodConfig, image_shape, pixel_range):
+        super().__init__(config, image_shape, pixel_range)
+        self.params_per_channel = config.conditional_channels
+        h, w, c = self.image_shape
+        self.conditional_shape = (h, w, c * config.conditional_channels)
+        self.pixelcnn = build_pixelcnn(config, self.image_shape, self.conditional_shape)
+
+    def targets(self, images):
+        return levels_of(images, (self.low, self.high), self.config.levels)
+
+    def log_prob(self, decoder_output, images):
+        return self.pixelcnn.log_prob(self.targets(images), conditional_input=decoder_output,
+                                      training=False)
+
+    def log_prob_observed(self, decoder_output, images, observed):
+        raise NotImplementedError("the pixelcnn likelihood has no per-pixel marginals")
+
+    def sample(self, decoder_output, seed=None):
+        lead = tf.shape(decoder_output)[:-3]
+        flat = tf.reshape(decoder_output, [-1, *self.conditional_shape])
+        levels = self.pixelcnn.sample(tf.shape(flat)[0], seed=int_seed(seed),
+                                      conditional_input=flat)
+        images = self.low + (self.high - self.low) * levels / float(self.config.levels - 1)
+        return tf.reshape(images, tf.concat([lead, self.image_shape], 0))
+
+    def mean(self, decoder_output):
+        """A sample (the autoregressive mean has no closed form): for figures only."""
+        return self.sample(decoder_output, seed=0)
+
+    def mean_stddev(self, decoder_output):
+        raise NotImplementedError("the pixelcnn likelihood has no per-pixel mean and sd")
 
 
 def build_likelihood(component, image_shape, pixel_range) -> Likelihood:

@@ -131,6 +131,23 @@ class CouplingNetwork(keras.layers.Layer):
                 "output_units": self.output_units, "hidden": self.hidden}
 
 
+def realnvp_bijector(dim: int, layers: int, hidden: list[int], name: str = "coupling"):
+    """(f, coupling networks): ``layers`` RealNVP affine couplings on [.., dim] (tfb.RealNVP,
+    Dinh et al. 2017, eqs. (4)-(6)), z reversed between them so the masks alternate; each
+    network's variables exist on return (built under the caller's strategy scope)."""
+    masked = dim // 2
+    networks = [CouplingNetwork(masked, dim - masked, hidden, name=f"{name}_{i}")
+                for i in range(layers)]
+    for net in networks:
+        net(tf.zeros([1, masked]))
+    bijectors = []
+    for i, net in enumerate(networks):
+        if i:
+            bijectors.append(tfb.Permute(list(reversed(range(dim)))))
+        bijectors.append(tfb.RealNVP(num_masked=masked, shift_and_log_scale_fn=net))
+    return tfb.Chain(list(reversed(bijectors))), networks  # Chain applies the last first
+
+
 @PRIORS.register("realnvp", config=RealNVPConfig)
 class RealNVPPrior(Prior):
     """p(z): z = f(u), u ~ N(0, I), f a chain of ``coupling_layers`` RealNVP affine couplings
@@ -139,18 +156,8 @@ class RealNVPPrior(Prior):
 
     def __init__(self, config: RealNVPConfig):
         super().__init__(config.dim, "realnvp")
-        d = config.dim
-        masked = d // 2
-        self.networks = [CouplingNetwork(masked, d - masked, config.hidden, name=f"coupling_{i}")
-                         for i in range(config.coupling_layers)]
-        for net in self.networks:  # variables now, under the caller's (strategy's) scope
-            net(tf.zeros([1, masked]))
-        bijectors = []
-        for i, net in enumerate(self.networks):
-            if i:
-                bijectors.append(tfb.Permute(list(reversed(range(d)))))
-            bijectors.append(tfb.RealNVP(num_masked=masked, shift_and_log_scale_fn=net))
-        self.bijector = tfb.Chain(list(reversed(bijectors)))  # Chain applies the last first
+        self.bijector, self.networks = realnvp_bijector(config.dim, config.coupling_layers,
+                                                        config.hidden)
 
     def distribution(self, dtype=tf.float32) -> tfd.Distribution:
         base = tfd.MultivariateNormalDiag(tf.zeros([self.dim], dtype), tf.ones([self.dim], dtype))
