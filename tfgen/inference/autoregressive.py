@@ -11,15 +11,13 @@ Samples are drawn pixel by pixel in one compiled loop (tfd.PixelCNN's while loop
 from __future__ import annotations
 
 import dataclasses
-import math
 
-import numpy as np
 import tensorflow as tf
 
 from tfgen.errors import ConfigError
-from tfgen.inference.base import Scheme, make_optimizer
-from tfgen.inference.capabilities import ExactLogLikelihood, ImageSampler
-from tfgen.models.pixelcnn import PixelCNNConfig, apply_masks, build_pixelcnn, levels_of
+from tfgen.inference.base import MaximumLikelihood
+from tfgen.inference.capabilities import ImageSampler
+from tfgen.models.pixelcnn import PixelCNNConfig, build_pixelcnn, levels_of
 from tfgen.registry import SCHEMES
 
 
@@ -32,28 +30,24 @@ class AutoregressiveConfig(PixelCNNConfig):
 
 
 @SCHEMES.register("autoregressive", config=AutoregressiveConfig)
-class Autoregressive(Scheme, ExactLogLikelihood, ImageSampler):
+class Autoregressive(MaximumLikelihood, ImageSampler):
     """A PixelCNN as the whole model, trained by maximum likelihood."""
 
     default_evaluations = ({"task": "log_likelihood", "estimator": "exact", "max_images": 0},
                            "samples", "curves")
-    discrete_log_likelihood = True
 
     def __init__(self, params: AutoregressiveConfig, model, data, cfg, generator, strategy):
         super().__init__(params, model, data, cfg, generator, strategy)
         self.image_shape = tuple(data.image_shape)
-        self.pixels = int(np.prod(self.image_shape))
         self.pixelcnn = build_pixelcnn(params, self.image_shape)
-        self.optimizer = make_optimizer(cfg.train)
-        self.optimizer.build(self.pixelcnn.trainable_variables)
+        self.build_optimizer()
         self._sampler = tf.function(self._sample)
 
-    def checkpoint_items(self):
-        return {"pixelcnn": self.pixelcnn, "optimizer": self.optimizer}
+    def density_variables(self) -> list:
+        return self.pixelcnn.trainable_variables
 
-    def after_restore(self):
-        self.optimizer.learning_rate.assign(self.cfg.train.learning_rate)
-        apply_masks(self.pixelcnn)  # a no-op on a trained network; kept for old checkpoints
+    def density_module(self):
+        return self.pixelcnn
 
     def levels(self, images):
         return levels_of(images, self.data.pixel_range, self.params.levels)
@@ -70,11 +64,5 @@ class Autoregressive(Scheme, ExactLogLikelihood, ImageSampler):
         levels = self._sampler(tf.constant(num), seed)
         return low + (high - low) * levels / float(self.params.levels - 1)
 
-    def replica_step(self, images, indices, batch):
-        variables = self.pixelcnn.trainable_variables
-        with tf.GradientTape() as tape:
-            log_prob = self.pixelcnn.log_prob(self.levels(images), training=True)
-            scaled = -tf.reduce_sum(log_prob) * self.gradient_scale(batch)
-        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
-        nll = -tf.reduce_mean(log_prob)
-        return {"loss": nll, "bits_per_dim": nll / (self.pixels * math.log(2.0))}
+    def training_log_prob(self, images, batch):
+        return self.pixelcnn.log_prob(self.levels(images), training=True)

@@ -13,6 +13,8 @@ validation split, and which one early stopping watches, it names itself
 """
 from __future__ import annotations
 
+import math
+
 import tensorflow as tf
 import tf_keras as keras
 
@@ -20,8 +22,8 @@ from tfgen.config import Config, TrainConfig
 from tfgen.data import DataBundle, Split
 from tfgen.distribute import ReplicaBatch, ReplicaLayout, single_replica_batch, step_seed
 from tfgen.errors import ConfigError
-from tfgen.inference.capabilities import (DecoderLikelihood, LatentSampler, LogLikelihood,
-                                          Posterior)
+from tfgen.inference.capabilities import (DecoderLikelihood, ExactLogLikelihood, LatentSampler,
+                                          LogLikelihood, Posterior)
 from tfgen.inference import proposals
 from tfgen.inference.elbo import ElboTerms, elbo_terms, gaussian_posterior_from_scale
 from tfgen.inference.proposals import POSTERIOR, Proposal
@@ -136,6 +138,48 @@ class Scheme(tf.Module):
 
     def log_summaries(self, step: int) -> None:
         """Scheme-specific TensorBoard images and histograms (with the trainer's image summaries)."""
+
+
+class MaximumLikelihood(Scheme, ExactLogLikelihood):
+    """A scheme trained by exact maximum likelihood of its own density (flow, autoregressive):
+    one optimizer (``train.optimizer``) on :meth:`density_variables`, the loss the negative
+    log-likelihood per image of :meth:`training_log_prob` (nats), bits/dim beside it, of the
+    discrete images (``discrete_log_likelihood``)."""
+
+    discrete_log_likelihood = True
+
+    def build_optimizer(self) -> None:
+        self.pixels = int(math.prod(self.data.image_shape))
+        self.optimizer = make_optimizer(self.cfg.train)
+        self.optimizer.build(self.density_variables())
+
+    # ---- to implement
+    def density_variables(self) -> list:
+        raise NotImplementedError
+
+    def density_module(self):
+        """The trackable that holds the density's variables (for checkpoints)."""
+        raise NotImplementedError
+
+    def training_log_prob(self, images, batch: ReplicaBatch) -> tf.Tensor:
+        """log p per image of a training batch [b] (noise, e.g. dequantization, from batch)."""
+        raise NotImplementedError
+
+    # ---- shared
+    def checkpoint_items(self):
+        return {"density": self.density_module(), "optimizer": self.optimizer}
+
+    def after_restore(self):
+        self.optimizer.learning_rate.assign(self.cfg.train.learning_rate)
+
+    def replica_step(self, images, indices, batch):
+        variables = self.density_variables()
+        with tf.GradientTape() as tape:
+            log_prob = self.training_log_prob(images, batch)
+            scaled = -tf.reduce_sum(log_prob) * self.gradient_scale(batch)
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        nll = -tf.reduce_mean(log_prob)
+        return {"loss": nll, "bits_per_dim": nll / (self.pixels * math.log(2.0))}
 
 
 class PosteriorEstimates(Posterior, LogLikelihood, DecoderLikelihood, LatentSampler):

@@ -29,8 +29,8 @@ import tensorflow_probability as tfp
 
 from tfgen.config import field
 from tfgen.errors import ConfigError
-from tfgen.inference.base import Scheme, make_optimizer
-from tfgen.inference.capabilities import ExactLogLikelihood, ImageSampler
+from tfgen.inference.base import MaximumLikelihood
+from tfgen.inference.capabilities import ImageSampler
 from tfgen.models.priors import realnvp_bijector
 from tfgen.registry import SCHEMES
 
@@ -58,31 +58,25 @@ class FlowConfig:
 
 
 @SCHEMES.register("flow", config=FlowConfig)
-class Flow(Scheme, ExactLogLikelihood, ImageSampler):
+class Flow(MaximumLikelihood, ImageSampler):
     """RealNVP on pixels, trained by maximum likelihood on dequantized images."""
 
     default_evaluations = ({"task": "log_likelihood", "estimator": "exact", "max_images": 0},
                            "samples", "curves")
-    #: the exact log-likelihood is of the discrete image (bits/dim directly)
-    discrete_log_likelihood = True
 
     def __init__(self, params: FlowConfig, model, data, cfg, generator, strategy):
         super().__init__(params, model, data, cfg, generator, strategy)
         self.image_shape = data.image_shape
-        self.pixels = int(np.prod(data.image_shape))
-        self.bijector, self.networks = realnvp_bijector(self.pixels, params.coupling_layers,
+        pixels = int(np.prod(data.image_shape))
+        self.bijector, self.networks = realnvp_bijector(pixels, params.coupling_layers,
                                                         params.hidden, name="flow_coupling")
-        self.optimizer = make_optimizer(cfg.train)
-        self.optimizer.build(self.trainable_flow_variables())
+        self.build_optimizer()
 
-    def trainable_flow_variables(self) -> list:
+    def density_variables(self) -> list:
         return [v for net in self.networks for v in net.trainable_variables]
 
-    def checkpoint_items(self):
-        return {"flow": tf.train.Checkpoint(networks=self.networks), "optimizer": self.optimizer}
-
-    def after_restore(self):
-        self.optimizer.learning_rate.assign(self.cfg.train.learning_rate)
+    def density_module(self):
+        return tf.train.Checkpoint(networks=self.networks)
 
     # ---- the density
     def base(self) -> tfd.Distribution:
@@ -123,12 +117,5 @@ class Flow(Scheme, ExactLogLikelihood, ImageSampler):
         return tf.reshape(x, [num, *self.image_shape])
 
     # ---- training
-    def replica_step(self, images, indices, batch):
-        uniform = batch.uniform([self.pixels], SALT_DEQUANTIZE)
-        variables = self.trainable_flow_variables()
-        with tf.GradientTape() as tape:
-            bound = self.discrete_bound(images, uniform)
-            scaled = -tf.reduce_sum(bound) * self.gradient_scale(batch)
-        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
-        nll = -tf.reduce_mean(bound)
-        return {"loss": nll, "bits_per_dim": nll / (self.pixels * math.log(2.0))}
+    def training_log_prob(self, images, batch):
+        return self.discrete_bound(images, batch.uniform([self.pixels], SALT_DEQUANTIZE))
