@@ -201,3 +201,41 @@ def test_a_sharded_table_checkpoints_under_a_plain_variables_key(tmp_path):
     plain = Plain()
     tf.train.Checkpoint(latents=plain).read(path).assert_consumed()
     np.testing.assert_array_equal(plain.values.numpy(), np.arange(10.0).reshape(5, 2))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_runs_the_decoder_only_in_low_precision(policy):
+    """The decoder computes in float16/bfloat16 with float32 variables; its output, the
+    likelihood, the encoder, the particle cloud and the optimizer state stay float32; float16
+    scales the loss (LossScaleOptimizer)."""
+    from tf_keras import mixed_precision
+
+    from conftest import build_in_memory
+
+    images = (np.random.default_rng(0).random((8, 4, 4, 1)) < 0.4).astype(np.float32)
+    for scheme_name in ("vae", "pga"):
+        inference = {"scheme": scheme_name}
+        if scheme_name == "vae":
+            inference["encoder"] = {"name": "mlp", "hidden": [8]}
+        scheme = build_in_memory({
+            "data": {"val_split": "", "binarize": "static"},
+            "model": {"prior": {"dim": 2}, "decoder": {"name": "mlp", "hidden": [8]}},
+            "inference": inference, "train": {"batch_size": 4},
+            "runtime": {"mixed_precision": policy}, "evaluate": []}, images)
+        layers = [m for m in scheme.model.decoder.submodules if hasattr(m, "compute_dtype")]
+        assert layers and {m.compute_dtype for m in layers} == {policy.split("_")[1]}
+        assert all(v.dtype == tf.float32 for v in scheme.model.theta)
+        assert scheme.model.decode(tf.zeros([2, 2])).dtype == tf.float32
+        optimizer = scheme.optimizer if scheme_name == "vae" else scheme.theta_optimizer
+        assert isinstance(optimizer, mixed_precision.LossScaleOptimizer) == (policy == "mixed_float16")
+        if scheme_name == "vae":
+            assert {m.compute_dtype for m in scheme.encoder.submodules
+                    if hasattr(m, "compute_dtype")} == {"float32"}
+        else:
+            assert scheme.particle_cloud.dtype == tf.float32
+        before = [v.numpy().copy() for v in scheme.model.theta]
+        for _ in range(3):
+            out = scheme.train_step(tf.constant(images[:4]), tf.range(4, dtype=tf.int64))
+            assert np.isfinite(float(out["loss"]))
+        assert any(np.abs(v.numpy() - b).max() > 0 for v, b in zip(scheme.model.theta, before))
+    assert mixed_precision.global_policy().name == "float32"  # only the decoder opted in
