@@ -21,6 +21,7 @@ from tfgen.inference.capabilities import (ExactLogLikelihood, ImageSampler, LogL
                                           Posterior, has, require)
 from tfgen.inference.proposals import Proposal
 from tfgen.registry import EVALUATIONS
+from tfgen.runtime import compile_step
 
 SplitName = Literal["train", "val", "test"]
 
@@ -172,8 +173,9 @@ def log_likelihood_task(params: LogLikelihoodConfig, ctx: EvalContext) -> dict:
                                      params.max_images, proposal)
         suffix = proposal.suffix
     elif params.estimator == "exact":
-        result = summary(per_image(lambda images, i: ctx.scheme.exact_log_likelihood(images),
-                                   split, params.batch_size, params.max_images))
+        exact = compile_step(ctx.scheme.exact_log_likelihood, ctx.cfg.train.compile)
+        result = summary(per_image(lambda images, i: exact(images), split, params.batch_size,
+                                   params.max_images))
         suffix = "_exact"
     else:
         settings = AISSettings(params.ais_steps, params.ais_chains, params.ais_leapfrog,
