@@ -12,6 +12,7 @@ import tensorflow_probability as tfp
 
 from conftest import build_in_memory
 from tfgen.config import from_dict
+from tfgen.distribute import single_replica_batch
 from tfgen.errors import ConfigError
 from tfgen.models.pixelcnn import PixelCNNConfig, build_pixelcnn
 
@@ -117,3 +118,26 @@ def test_tasks_that_need_per_pixel_factors_are_refused_with_the_pixelcnn_likelih
         from_dict({"data": {"binarize": "static"},
                    "model": {"likelihood": {"name": "pixelcnn", "levels": 2}},
                    "inference": {"scheme": "pga"}, "evaluate": [{"task": "inpainting"}]})
+
+
+def test_the_model_without_latents_trains_on_dynamically_binarized_batches():
+    """Grey pixels of 0.3 become Bernoulli(0.3) bits in every training batch (not a threshold,
+    which would make them all 0)."""
+    images = np.full((8, 4, 4, 1), 0.3, np.float32)
+    s = build_in_memory({
+        "data": {"val_split": "", "binarize": "dynamic"},
+        "inference": {"scheme": "autoregressive", "levels": 2, "num_resnet": 1,
+                      "num_hierarchies": 1, "num_filters": 8, "num_logistic_mix": 2},
+        "train": {"batch_size": 8}, "evaluate": []}, images)
+    seen = []
+    log_prob = s.training_log_prob
+
+    def recording(batch_images, batch):
+        seen.append(batch_images)
+        return log_prob(batch_images, batch)
+
+    s.training_log_prob = recording
+    s.replica_step(tf.constant(images), tf.range(8, dtype=tf.int64),
+                   single_replica_batch(tf.constant([1, 2], tf.int64), tf.range(8)))
+    bits = seen[0].numpy()
+    assert set(np.unique(bits)) == {0.0, 1.0} and 0.15 < bits.mean() < 0.45

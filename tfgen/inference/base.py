@@ -20,7 +20,8 @@ import tf_keras as keras
 
 from tfgen.config import Config, TrainConfig
 from tfgen.data import DataBundle, Split
-from tfgen.distribute import ReplicaBatch, ReplicaLayout, single_replica_batch, step_seed
+from tfgen.distribute import (ReplicaBatch, ReplicaLayout, single_replica_batch, step_seed,
+                              transform_noise)
 from tfgen.errors import ConfigError
 from tfgen.inference.capabilities import (DecoderLikelihood, ExactLogLikelihood, LatentSampler,
                                           LogLikelihood, Posterior)
@@ -173,6 +174,8 @@ class MaximumLikelihood(Scheme, ExactLogLikelihood):
         self.optimizer.learning_rate.assign(self.cfg.train.learning_rate)
 
     def replica_step(self, images, indices, batch):
+        # the data's per-batch transform (dynamic binarization) first, as every scheme does
+        images = self.data.transform_batch(images, transform_noise(batch, images))
         variables = self.density_variables()
         with tf.GradientTape() as tape:
             log_prob = self.training_log_prob(images, batch)
