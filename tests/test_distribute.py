@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, run_cli, run_process, tiny_config
+from tfgen.runtime import loopback_workers
 
 MIRRORED = ["--set", "runtime.strategy=mirrored", "--set", "runtime.cpu_devices=2"]
 
@@ -124,23 +124,13 @@ def test_a_two_replica_checkpoint_resumes_on_one_device(idx_folder, tmp_path, si
     assert_same_run(single_device_runs["pga"], run_dir)
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.mark.parametrize("scheme", ["vae", "pga"])
 def test_two_workers_on_loopback_follow_the_single_device_run(scheme, idx_folder, tmp_path,
                                                               single_device_runs):
     """MultiWorkerMirroredStrategy, two processes started here (TF_CONFIG from runtime.workers
     and --worker-index), each with a bounded time; worker 0 writes the run directory."""
     config = write_config(idx_folder, tmp_path, scheme)
-    workers = json.dumps([f"127.0.0.1:{p}" for p in free_ports(2)])
+    workers = json.dumps(loopback_workers(2))
     args = [sys.executable, "-m", "tfgen", "run", str(config), "--set",
             "runtime.strategy=multi_worker", "--set", f"runtime.workers={workers}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

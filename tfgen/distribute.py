@@ -111,16 +111,16 @@ class ReplicaLayout:
         resolver = getattr(strategy, "cluster_resolver", None)
         worker = resolver.task_id if resolver is not None and resolver.task_id is not None else 0
         self.first_local = worker * self.local_replicas if self.local_replicas < r else 0
-        self._tables: list = []
+        self.tables: list = []
 
     def register(self, rows: "ShardedRows") -> None:
-        self._tables.append(rows)
+        self.tables.append(rows)
 
     def gather_rows(self) -> None:
         """Gather every sharded table once, after training, so that evaluation reads them
         locally (in a multi-worker cluster a gather is a collective every worker must join:
         all workers call this, then only worker 0 evaluates)."""
-        for rows in self._tables:
+        for rows in self.tables:
             rows.freeze()
 
     @property

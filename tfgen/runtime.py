@@ -185,6 +185,20 @@ def describe(strategy: tf.distribute.Strategy) -> dict:
             if name == "MultiWorkerMirroredStrategy" else None}
 
 
+def loopback_workers(count: int) -> list[str]:
+    """``count`` "127.0.0.1:port" addresses of free ports: a multi-worker cluster on this
+    machine (tests, tools/bench_distribute.py)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    addresses = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    for s in sockets:
+        s.close()
+    return addresses
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run directory (worker 0 of a multi-worker cluster)."""
     resolver = getattr(strategy, "cluster_resolver", None)

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import time
@@ -88,7 +87,7 @@ def child(kind: str, runtime: dict, args) -> dict:
     bool(ran.finite)
     seconds = time.perf_counter() - start
     state = {}
-    for rows in scheme.layout._tables:
+    for rows in scheme.layout.tables:
         for component in rows.components():
             nbytes = int(np.prod(component.shape)) * component.dtype.size
             state[component.device] = state.get(component.device, 0) + nbytes
@@ -104,17 +103,9 @@ def child(kind: str, runtime: dict, args) -> dict:
     return out
 
 
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def spawn(kind: str, name: str, args) -> dict:
+    from tfgen.runtime import loopback_workers
+
     base = [sys.executable, __file__, "--child", kind, "--setting", name,
             *(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
               if k not in ("child", "setting", "skip_pga", "skip_vae"))]
@@ -125,7 +116,7 @@ def spawn(kind: str, name: str, args) -> dict:
         if done.returncode:
             return {"error": done.stderr[-2000:]}
         return json.loads(done.stdout.strip().splitlines()[-1])
-    cluster = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    cluster = loopback_workers(2)
     procs = []
     for index in (1, 0):
         tf_config = {"cluster": {"worker": cluster}, "task": {"type": "worker", "index": index}}
