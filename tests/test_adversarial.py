@@ -157,3 +157,16 @@ def test_tasks_a_gan_cannot_do_and_unsupported_settings_are_refused():
     with pytest.raises(ConfigError, match="train.optimizer"):
         from_dict({"data": {"binarize": "static"}, "evaluate": [],
                    "inference": {"scheme": "gan"}, "train": {"optimizer": "sgd"}})
+
+
+@pytest.mark.parametrize("section,key", [("model", "discriminator"), ("model", "decoder"),
+                                          ("inference", "encoder")])
+def test_a_network_error_names_the_key_the_network_sits_at(section, key):
+    raw = {"data": {"binarize": "static"}, "evaluate": [], "inference": {"scheme": "bigan"}}
+    raw.setdefault(section, {})[key] = {"name": "conv_encoder", "channels": [8, 16],
+                                        "kernels": [3]}
+    if key == "decoder":  # a conv encoder as a decoder is allowed; its kernels are still checked
+        raw["model"]["decoder"] = {"name": "residual_decoder", "kernels": [3]}
+    with pytest.raises(ConfigError) as err:
+        from_dict(raw)
+    assert err.value.key == f"{section}.{key}.kernels", err.value

@@ -22,7 +22,7 @@ from tfgen.data import Split
 from tfgen.errors import ConfigError
 from tfgen.evaluation import completion
 from tfgen.evaluation.tasks import EvalContext
-from tfgen.inference.fitting import FitConfig
+from tfgen.inference.fitting import FitConfig, fill_hidden
 from tfgen.inference.latents import LatentOptimizerConfig
 
 SIZE = 6
@@ -207,6 +207,21 @@ def test_the_encoder_method_needs_an_encoder_and_the_figure_omits_its_row(tmp_pa
     height, width, _ = tf.io.decode_png(tf.io.read_file(str(figure))).shape
     # 2 blocks of original | observed | completion, each image 6 + 2 pixels, scaled x2
     assert (height, width) == (2 * (2 * 3 * (SIZE + 2) + 2), 2 * (3 * (SIZE + 2) + 2))
+
+
+@pytest.mark.parametrize("fill", ["mean", "sample"])
+def test_the_encoder_method_completes_from_the_encoders_q(fill):
+    """method = "encoder": q(z | observed image) is the result, its scale kept for fill = sample."""
+    scheme = tiny_scheme("vae")
+    images = scheme.data.train.images[:4]
+    hidden = completion.hidden_mask("right_half", 4, SIZE, SIZE)
+    result = completion.complete(scheme, images, hidden, fit_config(method="encoder"), fill, 3)
+    q = scheme.posterior(tf.constant(fill_hidden(images, ~hidden, scheme)))
+    np.testing.assert_allclose(result.fit.mean, q.loc.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.fit.scale, q.scale.diag.numpy(), rtol=1e-4)
+    moved = np.abs(result.latents - result.fit.mean).max()
+    assert (moved > 0) == (fill == "sample")
+    np.testing.assert_array_equal(result.completion[~hidden], images[~hidden])
 
 
 # --------------------------------------------------------------------------- masks

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import re
 import sys
@@ -472,16 +473,19 @@ def _cross_check(cfg: Config) -> None:
     from tfgen.inference.capabilities import scheme_class
 
     checks = [scheme_class(cfg).check_config]
-    for comp in [cfg.model.prior, cfg.model.decoder, cfg.model.likelihood, cfg.inference,
-                 *cfg.evaluate]:
+    for comp in [cfg.model.prior, cfg.model.likelihood, cfg.inference, *cfg.evaluate]:
         check = getattr(comp.params, "check", None)
         if check is not None:
             checks.append(check)
-    for comp in [cfg.inference]:
-        for sub in dataclasses.fields(comp.params):
-            value = getattr(comp.params, sub.name)
-            if isinstance(value, Component) and hasattr(value.params, "check"):
-                checks.append(value.params.check)
+    # A network's config is used in several places (decoder, encoder, discriminator), so its
+    # check is told the key path it sits at.
+    for section, owner in [("model", cfg.model), ("inference", cfg.inference.params)]:
+        for sub in dataclasses.fields(owner):
+            value = getattr(owner, sub.name)
+            if (isinstance(value, Component) and sub.metadata.get("registry") == "networks"
+                    and hasattr(value.params, "check")):
+                checks.append(functools.partial(value.params.check,
+                                                key=f"{section}.{sub.name}"))
     errors = []
     for check in checks:
         try:

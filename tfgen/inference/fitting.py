@@ -204,7 +204,8 @@ class LatentFitter:
         if c.init == "encoder" or c.method == "encoder":
             q = self.scheme.posterior(tf.constant(fill_hidden(images, observed, self.scheme)))
             mean, log_var = q.loc.numpy(), 2.0 * np.log(q.scale.diag.numpy())
-            return np.concatenate([mean, log_var], -1) if svi else mean
+            keep_variance = svi or c.method == "encoder"  # the encoder's q is the result
+            return np.concatenate([mean, log_var], -1) if keep_variance else mean
         if c.init == "zeros":
             return np.zeros((len(images), 2 * d if svi else d), np.float32)
         if c.init == "random":

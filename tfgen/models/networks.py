@@ -100,9 +100,9 @@ class ConvEncoderConfig:
     activation: Activation = field("relu")
     pooling: Literal["max", "average"] = field("max", help="2x2 pooling after every conv")
 
-    def check(self, cfg):
+    def check(self, cfg, key: str):
         if len(self.channels) != len(self.kernels):
-            raise ConfigError(cfg.source_file, "inference.encoder.kernels",
+            raise ConfigError(cfg.source_file, f"{key}.kernels",
                               "needs one kernel size per entry of channels", self.kernels,
                               f"a list of {len(self.channels)} integers")
 
@@ -343,9 +343,9 @@ class ResidualDecoderConfig:
                      "[-1,1] pixels; use 'identity' for likelihoods whose parameters are "
                      "unconstrained (Bernoulli/Categorical logits, Beta, Normal per_pixel)")
 
-    def check(self, cfg):
+    def check(self, cfg, key: str):
         if len(self.kernels) != 2 or any(k < 1 or k > 15 or k % 2 == 0 for k in self.kernels):
-            raise ConfigError(cfg.source_file, "model.decoder.kernels",
+            raise ConfigError(cfg.source_file, f"{key}.kernels",
                               "needs the (odd: 'same' padding is symmetric) kernel sizes of the "
                               "two convs of a residual layer", self.kernels,
                               "two odd integers in [1, 15], e.g. [5, 3]")
