@@ -81,6 +81,20 @@ BAD_INPUT = [
     ("decoder/image mismatch", "[data]\nsource = \"idx\"\npath = \"{idx}\"\nbinarize = \"static\"\n"
      "train_split = \"train\"\nval_split = \"\"\n[model.decoder]\nname = \"upconv_decoder\"\n"
      "channels = [64, 32, 16, 8]\n", [], ["model.decoder.channels", "divisible by 8"]),
+    ("zero width", "[model.decoder]\nname = \"mlp\"\nhidden = [16, 0]\n", [],
+     ["model.decoder.hidden[1]", "out of range", ">= 1"]),
+    ("negative width", "[model.prior]\nname = \"realnvp\"\nhidden = [-2]\n", [],
+     ["model.prior.hidden[0]", ">= 1"]),
+    ("worker without port", "[runtime]\nworkers = [\"localhost\"]\n", [],
+     ["runtime.workers[0]", "not a host:port address", "1..65535"]),
+    ("worker port too large", "[runtime]\nworkers = [\"127.0.0.1:99999\", \"b:2\"]\n", [],
+     ["runtime.workers[0]", "'127.0.0.1:99999'"]),
+    ("worker twice", "[runtime]\nworkers = [\"a:1\", \"a:1\"]\n", [],
+     ["runtime.workers", "the same entry twice", "'a:1'"]),
+    ("device twice", "[runtime]\nstrategy = \"mirrored\"\ndevices = [\"CPU:0\", \"CPU:0\"]\n", [],
+     ["runtime.devices", "the same entry twice"]),
+    ("empty output_dir", "", ["--set", 'experiment.output_dir=""'],
+     ["experiment.output_dir", "an empty path"]),
 ]
 
 

@@ -871,7 +871,37 @@ BOMBS = [  # (case, scheme, --set, the keys the message must name)
     ("ais chains", "vae", ['evaluate.1.estimator="ais"', "evaluate.1.ais_chains=10000",
                            "evaluate.1.batch_size=1000"],
      ["evaluate.1.batch_size (1000)", "evaluate.1.ais_chains (10000)"]),
+    # a mixture prior's log density holds [batch, components, d] terms
+    ("mixture prior", "vae", ['model.prior.name="gaussian_mixture"', "model.prior.components=10000",
+                              "model.prior.dim=4096"], ["model.prior (gaussian_mixture)"]),
+    # generated images are held, and decoded in batches of batch_size, whatever the splits hold
+    ("generated images", "vae", ["model.decoder.hidden=[4096]", 'evaluate=[{task="sample_quality",'
+                                 'num_samples=1000000,batch_size=1000000,max_reference=64}]'],
+     ["evaluate.0.batch_size (1000000)", "evaluate.0.num_samples (1000000)"]),
+    # the networks of schemes that are their own density (coupling networks, PixelCNN)
+    ("flow networks", "flow", ["inference.hidden=[16384,16384]", "inference.coupling_layers=16"],
+     ["inference.hidden ([16384, 16384])", "inference.coupling_layers (16)"]),
+    ("pixelcnn filters", "autoregressive", ["inference.num_filters=1024"],
+     ["train.batch_size (32)"]),
 ]
+
+DENSITY_SCHEMES = {  # a tiny config's [inference] and [model.likelihood] for these schemes
+    "flow": ('[inference]\nscheme = "flow"\n', 'name = "normal"', 'binarize = "none"'),
+    "autoregressive": ('[inference]\nscheme = "autoregressive"\nlevels = 2\n',
+                       'name = "bernoulli"', 'binarize = "dynamic"'),
+}
+
+
+def _density_config(tmp_path, idx_folder, scheme: str) -> Path:
+    inference, likelihood, binarize = DENSITY_SCHEMES[scheme]
+    text = tiny_config(idx_folder, tmp_path / "runs")
+    text = text.replace('[inference]\nscheme = "vae"\n\n[inference.encoder]\nname = "mlp"\n'
+                        'hidden = [32]\n', inference)
+    text = text.replace('name = "bernoulli"', likelihood).replace('binarize = "dynamic"', binarize)
+    text = text[: text.index("[[evaluate]]")] + '[[evaluate]]\ntask = "samples"\nnum_images = 4\n'
+    config = tmp_path / f"{scheme}.toml"
+    config.write_text(text)
+    return config
 
 
 def test_data_that_cannot_fit_are_refused_before_they_are_converted(tmp_path, idx_folder):
@@ -893,6 +923,8 @@ def test_a_configuration_that_cannot_fit_is_refused_before_anything_exists(
         tmp_path, idx_folder, case, scheme, sets, keys):
     if scheme == "pga":
         config = _pga(tmp_path, idx_folder)
+    elif scheme in DENSITY_SCHEMES:
+        config = _density_config(tmp_path, idx_folder, scheme)
     else:
         config = tmp_path / "tiny.toml"
         config.write_text(tiny_config(idx_folder, tmp_path / "runs"))
@@ -905,6 +937,18 @@ def test_a_configuration_that_cannot_fit_is_refused_before_anything_exists(
         assert key in line, (key, line)
     assert "--no-memory-check" in line
     assert not (tmp_path / "runs").exists()  # no run directory, nothing allocated
+
+
+def test_eval_refuses_tasks_that_cannot_fit_and_changes_nothing(run_dir):
+    """tfgen eval estimates its tasks' memory as tfgen run does, before the run changes."""
+    before = digest(run_dir)
+    result = run_cli("eval", str(run_dir), "--task", "log_likelihood", "--set", 'estimator="ais"',
+                     "--set", "ais_chains=10000", "--set", "batch_size=1000")
+    assert result.returncode == 2, result.stderr
+    line = one_line(result.stderr)
+    assert re.search(r"needs about [\d.]+ [GT]iB of memory", line), line
+    assert "--no-memory-check" in line and "Traceback" not in result.stderr
+    assert digest(run_dir) == before
 
 
 def test_the_estimate_is_near_the_measured_peak(tmp_path, idx_folder):

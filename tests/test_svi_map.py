@@ -387,6 +387,14 @@ def test_tfgen_run_resumes_exactly(tmp_path, idx_folder, scheme):
     for name in ["reconstructions_test.png", "samples_particle_gaussian.png", "loss_curves.png"]:
         assert (straight_dir / "figures" / name).is_file(), name
 
+    # the latents' Adam moments cannot be carried into SGD: refused, nothing changed
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    changed = run_cli("run", "--resume", str(run_dir), "--quiet", "--set", "train.epochs=3",
+                      "--set", 'inference.latent_optimizer.name="sgd"')
+    assert changed.returncode == 2, changed.stderr
+    assert "does not fit the config" in changed.stderr and "Traceback" not in changed.stderr
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
 
 # --------------------------------------------------------------------------- config
 

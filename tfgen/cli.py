@@ -184,6 +184,9 @@ def complete(
     set_: List[str] = typer.Option([], "--set", help="Any other key of the complete task (tfgen "
                                    "list evaluations), read as TOML, e.g. --set fit.patience=0 "
                                    "--set fit.optimizer.name=adam. Repeatable."),
+    memory_check: bool = typer.Option(True, "--memory-check/--no-memory-check",
+                                      help="Refuse tasks whose estimated memory need exceeds "
+                                           "the available memory (on by default)."),
     debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of any failure."),
 ) -> None:
     """Complete partly hidden images with a finished run's decoder (any scheme): fit latents to
@@ -203,7 +206,8 @@ def complete(
                                                       ("fit.steps", steps)] if value is not None]
         try:
             apply_overrides(task, typed + list(set_))
-            [(key, entry)] = evaluate_run(run_dir, [task], "tfgen complete")
+            [(key, entry)] = evaluate_run(run_dir, [task], "tfgen complete",
+                                          memory_check=memory_check)
         except ConfigError as err:  # the task's keys are this command's options
             raise ConfigError.combine([_as_option_error(e, "tfgen complete", COMPLETE_OPTIONS)
                                        for e in getattr(err, "errors", [err])]) from None
@@ -246,6 +250,9 @@ def eval_(
     set_: List[str] = typer.Option([], "--set", help="A key of the tasks, read as TOML, applied "
                                    "to every task run, e.g. --task log_likelihood --set "
                                    "samples=1000. Repeatable."),
+    memory_check: bool = typer.Option(True, "--memory-check/--no-memory-check",
+                                      help="Refuse tasks whose estimated memory need exceeds "
+                                           "the available memory (on by default)."),
     debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of any failure."),
 ) -> None:
     """Run evaluation tasks on a finished run from its checkpoint, without retraining; merges
@@ -255,7 +262,7 @@ def eval_(
         from tfgen.runner import evaluate_run
 
         tasks = [{"task": name} for name in task] or None
-        for key, entry in evaluate_run(run_dir, tasks, "tfgen eval", set_):
+        for key, entry in evaluate_run(run_dir, tasks, "tfgen eval", set_, memory_check):
             numbers = ", ".join(f"{name} {value:.6g}" for name, value in entry["results"].items()
                                 if isinstance(value, float))
             typer.echo(f"{key}: {numbers or 'no scalar results'}"

@@ -74,7 +74,9 @@ class ExperimentConfig:
     name: str = field("experiment", pattern=RUN_NAME,
                       help="run directories go to <output_dir>/<name>/<timestamp>")
     seed: int = field(0, min=0, help="seeds TF, NumPy, data shuffling and subsampling")
-    output_dir: str = field("runs", help="parent folder of run directories (relative to the cwd)")
+    output_dir: str = field("runs", pattern=(r"(?s)(?=.*\S).+", "an empty path",
+                                             "a folder path, e.g. \"runs\""),
+                            help="parent folder of run directories (relative to the cwd)")
     description: str = field("", help="free text, saved with the run")
 
 
@@ -139,6 +141,13 @@ class TrainConfig:
     keep_checkpoints: int = field(2, min=1)
 
 
+#: host:port of a worker: a host name, IPv4 address or [IPv6] address, and a port 1..65535
+WORKER_ADDRESS = (r"([A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):"
+                  r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})",
+                  "not a host:port address", "host:port with a port in 1..65535, e.g. "
+                  "\"10.0.0.2:12345\" or \"[::1]:12345\"")
+
+
 @dataclasses.dataclass
 class RuntimeConfig:
     """Where and how the steps run; README "Scaling up".  The same TOML trains on a CPU, one
@@ -152,8 +161,9 @@ class RuntimeConfig:
                                                   "(empty: every GPU, else the CPU)")
     cpu_devices: int = field(1, min=1, max=64, help="split the CPU into this many logical "
                                                     "devices (mirrored on a machine without GPUs)")
-    workers: list[str] = field(factory=list, help="host:port of every worker, for tfgen run "
-                                                  "--worker-index (instead of TF_CONFIG)")
+    workers: list[str] = field(factory=list, pattern=WORKER_ADDRESS,
+                               help="host:port of every worker, for tfgen run --worker-index "
+                                    "(instead of TF_CONFIG)")
     mixed_precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = field(
         "float32", help="compute dtype of the decoder (the likelihood, log densities, latents "
                         "and optimizer state stay float32)")
@@ -466,13 +476,24 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return from_dict(raw, str(path))
 
 
+def _check_runtime_lists(cfg: Config) -> None:
+    """A device or worker listed twice would be two replicas on one device, or two workers
+    waiting for each other on one address."""
+    for key in ("devices", "workers"):
+        values = getattr(cfg.runtime, key)
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ConfigError(cfg.source_file, f"runtime.{key}", "lists the same entry twice",
+                              repeated[0], "each entry once")
+
+
 def _cross_check(cfg: Config) -> None:
     """Checks that span sections; each component may add its own ``check(cfg)``, and the
     scheme class its ``check_config(cfg)``.  The checks are independent: all of them run,
     and their errors are raised together."""
     from tfgen.inference.capabilities import scheme_class
 
-    checks = [scheme_class(cfg).check_config]
+    checks = [scheme_class(cfg).check_config, _check_runtime_lists]
     for comp in [cfg.model.prior, cfg.model.likelihood, cfg.inference, *cfg.evaluate]:
         check = getattr(comp.params, "check", None)
         if check is not None:

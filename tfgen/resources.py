@@ -32,6 +32,7 @@ cgroup limit if one is set.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -56,6 +57,13 @@ PIXEL_TENSORS = 3
 COUNTED_OPS = {"Conv2D", "Conv2DBackpropInput", "Conv3D", "DepthwiseConv2dNative", "MatMul",
                "BatchMatMulV2", "BatchMatMulV3", "_FusedMatMul", "FusedBatchNormV3",
                "FusedBatchNorm", "Einsum"}
+#: function-call ops whose bodies are counted as if inlined
+CALL_OPS = {"StatefulPartitionedCall", "PartitionedCall"}
+COND_OPS = {"If", "StatelessIf"}
+#: tensors of the largest element-wise term that a prior's log density materialises (a
+#: mixture's [components, d] per latent: the standardised distances, their squares, the
+#: per-component sums)
+PRIOR_TENSORS = 3
 #: validation batch of the trainer (``Scheme.validate`` evaluates in batches of 500)
 VALIDATION_BATCH = 500
 
@@ -115,12 +123,14 @@ class Activations:
     decoder: int
     decoder_output: int
     encoder: int = 0
+    prior: int = 0
 
     def decode(self, backward: bool) -> int:
-        """One example through the decoder and the likelihood's log-density."""
+        """One example through the decoder, the likelihood's and the prior's log-densities."""
         if backward:
-            return BACKWARD_FACTOR * self.decoder + 2 * PIXEL_TENSORS * self.decoder_output
-        return self.decoder + PIXEL_TENSORS * self.decoder_output
+            return (BACKWARD_FACTOR * (self.decoder + self.prior)
+                    + 2 * PIXEL_TENSORS * self.decoder_output)
+        return self.decoder + self.prior + PIXEL_TENSORS * self.decoder_output
 
     def encode(self, backward: bool) -> int:
         return (BACKWARD_FACTOR if backward else 1) * self.encoder
@@ -148,7 +158,7 @@ def estimate(cfg: Config, shape: DataShape, activations: Activations | None = No
         Term("the evaluation split in tf.data", max(shape.val, shape.test) * image,
              ("data.val_split", "data.test_split")),
         Term("parameters, gradients and optimizer slots", _parameter_bytes(cfg, shape),
-             ("model.decoder",)),
+             getattr(scheme, "size_keys", ("model.decoder",))),
     ]
     peaks = []
     if particles:  # a particle cloud [M, N, d] and the training images on the device (PGA)
@@ -175,7 +185,8 @@ def estimate(cfg: Config, shape: DataShape, activations: Activations | None = No
                                  ("data.subsample",)))
         peaks.append(Term("a training step's activations",
                           batch * (act.encode(True) + mc * act.decode(True)),
-                          ("train.batch_size",) + (("inference.mc_samples",) if mc > 1 else ())))
+                          ("train.batch_size",) + (("inference.mc_samples",) if mc > 1 else ())
+                          + _prior_keys(act)))
     if shape.val and scheme.validation_metrics:
         # through the encoder, or (no encoder) latents fitted by gradient steps
         fitted = not issubclass(scheme, AmortizedPosterior)
@@ -198,7 +209,8 @@ def _task_peak(i: int, task, shape: DataShape, act: Activations) -> Term:
     p = task.params
     images = (getattr(p, "batch_size", None) or getattr(p, "num_images", None)
               or getattr(p, "max_images", None) or 0)  # none of them: no network passes (curves)
-    images = min(int(images), max(shape.train, shape.val, shape.test))
+    generated = int(getattr(p, "num_samples", None) or 0)  # images a task generates (FID)
+    images = min(int(images), max(shape.train, shape.val, shape.test, generated))
     samples = int(getattr(p, "samples", None) or getattr(p, "mc_samples", None) or 1)
     backward = bool(getattr(p, "steps", None))
     keys = tuple(f"evaluate.{i}.{key}" for key in ("batch_size", "num_images", "samples")
@@ -207,8 +219,17 @@ def _task_peak(i: int, task, shape: DataShape, act: Activations) -> Term:
         samples, backward, sample_keys = p.peak_decoder_passes()
         keys = tuple(k for k in keys if not k.endswith(".samples")) + tuple(
             f"evaluate.{i}.{key}" for key in sample_keys)
+    if generated:
+        keys += (f"evaluate.{i}.num_samples",)
+    keys += _prior_keys(act)
     return Term(f"evaluation task {task.name!r}",
-                images * (act.encode(backward) + samples * act.decode(backward)), keys)
+                images * (act.encode(backward) + samples * act.decode(backward))
+                + generated * shape.image_bytes, keys)
+
+
+def _prior_keys(act: Activations) -> tuple[str, ...]:
+    """The prior's section, where its log density outweighs the decoder's (a large mixture)."""
+    return ("model.prior",) if act.prior > act.decoder else ()
 
 
 def _latent_dim(cfg: Config) -> int:
@@ -228,7 +249,7 @@ def _traced(cfg: Config, shape: DataShape) -> tuple[Activations, int]:
     import tensorflow as tf
 
     encoder_cfg = getattr(cfg.inference.params, "encoder", None)
-    key = (repr(cfg.model), repr(encoder_cfg), shape)
+    key = (repr(cfg.model), repr(encoder_cfg), repr(cfg.inference), shape)
     if key not in _TRACES:
         logger = tf.get_logger()
         level = logger.level
@@ -240,6 +261,24 @@ def _traced(cfg: Config, shape: DataShape) -> tuple[Activations, int]:
     return _TRACES[key]
 
 
+@contextlib.contextmanager
+def _no_variable_initialization():
+    """tf_keras, building a functional model (tfd.PixelCNN's network) in a graph, runs a
+    session that initializes every variable of the graph, i.e. allocates the parameters the
+    estimate is about; the trace only reads shapes, so that initialization is skipped."""
+    try:
+        from tf_keras.src import backend
+    except ImportError:  # another tf_keras layout: nothing to skip
+        yield
+        return
+    original = backend._initialize_variables  # noqa: SLF001
+    backend._initialize_variables = lambda session: None  # noqa: SLF001
+    try:
+        yield
+    finally:
+        backend._initialize_variables = original  # noqa: SLF001
+
+
 def _trace(cfg: Config, shape: DataShape, encoder_cfg) -> tuple[Activations, int]:
     import tensorflow as tf
 
@@ -247,37 +286,95 @@ def _trace(cfg: Config, shape: DataShape, encoder_cfg) -> tuple[Activations, int
     from tfgen.models.networks import build_network
 
     graph = tf.Graph()
-    with graph.as_default():
+    with graph.as_default(), _no_variable_initialization():
         model = build_model(cfg, shape.image_shape, shape.pixel_range)
         encoder = None
         if encoder_cfg is not None:
             encoder = build_network(encoder_cfg, (2 * model.latent_dim,), "inference.encoder")
             encoder(tf.zeros([1, *shape.image_shape]))
+        # a scheme whose model is its own density network (flow, autoregressive) says how
+        # to build it; its log-density takes the decoder's place
+        density = getattr(scheme_class(cfg), "traced_log_prob", None)
+        log_prob = density(cfg.inference.params, shape.image_shape) if density else None
         sizes = {}
         for n in (1, 2):
             z = tf.zeros([n, model.latent_dim])
             y = tf.zeros([n, *shape.image_shape])
-            sizes[n] = (_counted_bytes(graph, lambda: model.log_likelihood(z, y, training=True)),
-                        _counted_bytes(graph, lambda: encoder(y, training=True)) if encoder else 0)
+            decoder = ((lambda: log_prob(y)) if log_prob else
+                       (lambda: model.log_likelihood(z, y, training=True)))
+            sizes[n] = (_counted_bytes(graph, decoder),
+                        _counted_bytes(graph, lambda: encoder(y, training=True)) if encoder
+                        else (0, 0),
+                        _counted_bytes(graph, lambda: model.log_prior(z), PRIOR_TENSORS))
         output = model.decode(tf.zeros([1, model.latent_dim])).shape.num_elements() * FLOAT
         parameters = sum(v.shape.num_elements() for v in graph.get_collection(
             tf.compat.v1.GraphKeys.GLOBAL_VARIABLES))
-    act = Activations(decoder=sizes[2][0] - sizes[1][0], decoder_output=output,
-                      encoder=sizes[2][1] - sizes[1][1])
+    # per example: what grows from 1 to 2 examples, plus what is counted per example
+    per = [sizes[2][k][0] - sizes[1][k][0] + sizes[1][k][1] for k in range(3)]
+    act = Activations(decoder=per[0], decoder_output=output, encoder=per[1], prior=per[2])
     return act, parameters
 
 
-def _counted_bytes(graph, call) -> int:
-    """Bytes output by the counted ops that ``call()`` adds to ``graph``."""
+def _counted_bytes(graph, call, largest_other: int = 0) -> tuple[int, int]:
+    """Bytes output by the counted ops that ``call()`` adds to ``graph``, inside the bodies
+    of the functions it calls too (the layers of tf_keras models such as tfd.PixelCNN's run
+    as function calls), plus ``largest_other`` times the largest other float tensor: (the
+    bytes of tensors of static shape, the bytes per example of tensors whose batch size is
+    unknown, as Keras functional models leave it)."""
     before = len(graph.get_operations())
     call()
-    total = 0
-    for op in graph.get_operations()[before:]:
+    fixed, per_example, largest = _ops_bytes(graph, graph.get_operations()[before:])
+    return fixed + largest_other * largest, per_example
+
+
+def _tensor_bytes(tensor) -> tuple[int, int]:
+    """(bytes if the shape is static, bytes per example if only the first dimension is not)."""
+    if not tensor.dtype.is_floating or tensor.shape.rank is None:
+        return 0, 0
+    dims = tensor.shape.as_list()
+    if all(d is not None for d in dims):
+        return math.prod(dims) * tensor.dtype.size, 0
+    if dims and dims[0] is None and all(d is not None for d in dims[1:]):
+        return 0, math.prod(dims[1:]) * tensor.dtype.size
+    return 0, 0
+
+
+def _ops_bytes(graph, ops) -> tuple[int, int, int]:
+    """(static bytes and bytes per example output by the counted ops among ``ops`` and in
+    the functions they call, the largest static float tensor any other of them outputs)."""
+    fixed = per_example = largest = 0
+    for op in ops:
+        sizes = [_tensor_bytes(out) for out in op.outputs]
         if op.type in COUNTED_OPS:
-            for out in op.outputs:
-                if out.dtype.is_floating and out.shape.is_fully_defined():
-                    total += out.shape.num_elements() * out.dtype.size
-    return total
+            fixed += sum(f for f, _ in sizes)
+            per_example += sum(e for _, e in sizes)
+            continue
+        largest = max([largest, *(f for f, _ in sizes)])
+        # a call counts its body; a conditional its larger branch (TFP's weight-normalised
+        # convolutions sit in a tf.cond on their initialisation flag)
+        branches = ([op.get_attr("f").name] if op.type in CALL_OPS else
+                    [op.get_attr("then_branch").name, op.get_attr("else_branch").name]
+                    if op.type in COND_OPS else [])
+        inner = [_ops_bytes(body, body.get_operations()) for body in
+                 (_function_graph(graph, name) for name in branches) if body is not None]
+        if inner:
+            fixed += max(f for f, _, _ in inner)
+            per_example += max(e for _, e, _ in inner)
+            largest = max(largest, *(l for _, _, l in inner))
+        elif op.type in CALL_OPS:  # a body not at hand: its outputs are materialised
+            fixed += sum(f for f, _ in sizes)
+            per_example += sum(e for _, e in sizes)
+    return fixed, per_example, largest
+
+
+def _function_graph(graph, name: str):
+    """The traced body of the function ``name`` called in ``graph`` (None if unknown)."""
+    while graph is not None:
+        function = graph._get_function(name)  # noqa: SLF001 -- no public lookup by name
+        if function is not None:
+            return getattr(function, "graph", None)
+        graph = getattr(graph, "outer_graph", None)
+    return None
 
 
 def trace_activations(cfg: Config, shape: DataShape) -> Activations:

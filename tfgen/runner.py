@@ -278,7 +278,7 @@ class OpenedRun(NamedTuple):
 
 
 def open_run(run_dir: str, tasks: list[dict] | None = None,
-             command: str = "tfgen eval") -> OpenedRun:
+             command: str = "tfgen eval", memory_check: bool = True) -> OpenedRun:
     """A finished run, ready to be evaluated again: its config (with ``tasks``, raw
     ``[[evaluate]]`` tables, in place of its own), data and scheme, with the weights its own
     evaluation used -- the best checkpoint if early stopping kept the best weights, else the
@@ -290,7 +290,11 @@ def open_run(run_dir: str, tasks: list[dict] | None = None,
         raw = read_toml(config_file)
         raw["evaluate"] = tasks
         cfg = from_dict(raw, str(config_file))
-    data, scheme, generator = build(cfg)
+    strategy = runtime.configure(cfg.runtime, cfg.source_file)
+    data = load_data(cfg.data, cfg.experiment.seed, cfg.source_file, memory_check)
+    if memory_check:  # the tasks' batches too, before any variable (as tfgen run does)
+        resources.check_memory(cfg, data)
+    data, scheme, generator = build(cfg, data, strategy)
     trainer = Trainer(cfg, data, scheme, path, Progress(False), generator)
     restored = trainer.restore()
     if restored is None:
@@ -305,7 +309,7 @@ def open_run(run_dir: str, tasks: list[dict] | None = None,
 
 
 def evaluate_run(run_dir: str, tasks: list[dict] | None, command: str,
-                 overrides: list[str] = ()) -> list[tuple[str, dict]]:
+                 overrides: list[str] = (), memory_check: bool = True) -> list[tuple[str, dict]]:
     """Run evaluation tasks (raw ``[[evaluate]]`` tables; None = the run's own list) on a
     finished run from its checkpoint, without retraining, and merge each one's results into
     the run's metrics.json under ``evaluations_after_run``, keyed by the task and its
@@ -323,7 +327,7 @@ def evaluate_run(run_dir: str, tasks: list[dict] | None, command: str,
             raise TfgenError(f"{path / CONFIG_NAME}: lists no [[evaluate]] tasks; name one with "
                              f"--task (tfgen list evaluations)")
     tasks = [apply_overrides(dict(task), list(overrides)) for task in tasks]
-    opened = open_run(run_dir, tasks, command)
+    opened = open_run(run_dir, tasks, command, memory_check)
     metrics_file = opened.run_dir / "metrics.json"
     read_run_metrics(metrics_file)
     done = []

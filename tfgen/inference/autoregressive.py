@@ -43,6 +43,16 @@ class Autoregressive(MaximumLikelihood, ImageSampler):
         self.build_optimizer()
         self._sampler = tf.function(self._sample)
 
+    #: the keys that size the network (for the memory check's message)
+    size_keys = ("inference.num_filters", "inference.num_resnet", "inference.num_hierarchies")
+
+    @staticmethod
+    def traced_log_prob(params: AutoregressiveConfig, image_shape):
+        """For the memory estimate (tfgen.resources): the PixelCNN built in the caller's
+        (scratch) graph, and its log-probability of images [n, H, W, C] (as levels)."""
+        pixelcnn = build_pixelcnn(params, tuple(image_shape))
+        return lambda images: pixelcnn.log_prob(images, training=True)
+
     def density_variables(self) -> list:
         return self.pixelcnn.trainable_variables
 

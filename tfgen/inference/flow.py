@@ -42,7 +42,7 @@ SALT_DEQUANTIZE = 21
 class FlowConfig:
     coupling_layers: int = field(8, min=1, max=128, help="affine coupling layers (masks "
                                                          "alternate)")
-    hidden: list[int] = field(factory=lambda: [512, 512], help="widths of each coupling "
+    hidden: list[int] = field(factory=lambda: [512, 512], min=1, help="widths of each coupling "
                                                               "network's hidden layers")
     alpha: float = field(0.05, min=0.0, max=0.49, help="a of the logit pre-processing "
                                                        "logit(a + (1 - 2a) x) (RealNVP: 0.05)")
@@ -71,6 +71,23 @@ class Flow(MaximumLikelihood, ImageSampler):
         self.bijector, self.networks = realnvp_bijector(pixels, params.coupling_layers,
                                                         params.hidden, name="flow_coupling")
         self.build_optimizer()
+
+    #: the keys that size the network (for the memory check's message)
+    size_keys = ("inference.hidden", "inference.coupling_layers")
+
+    @staticmethod
+    def traced_log_prob(params: FlowConfig, image_shape):
+        """For the memory estimate (tfgen.resources): the coupling networks built in the
+        caller's (scratch) graph, and a function of images [n, H, W, C] through them."""
+        pixels = int(np.prod(image_shape))
+        bijector, _ = realnvp_bijector(pixels, params.coupling_layers, params.hidden,
+                                       name="flow_coupling")
+
+        def log_prob(images):
+            s = tf.reshape(images, [-1, pixels])
+            return tf.reduce_sum(bijector.forward(s), -1) + bijector.forward_log_det_jacobian(
+                s, event_ndims=1)
+        return log_prob
 
     def density_variables(self) -> list:
         return [v for net in self.networks for v in net.trainable_variables]

@@ -53,7 +53,7 @@ class Network(keras.layers.Layer):
 
 @dataclasses.dataclass
 class MLPConfig:
-    hidden: list[int] = field(factory=lambda: [512, 256], help="hidden layer widths")
+    hidden: list[int] = field(factory=lambda: [512, 256], min=1, help="hidden layer widths")
     activation: Activation = field("relu")
 
 
@@ -95,8 +95,8 @@ def mlp(config: MLPConfig, output_shape, key: str):
 
 @dataclasses.dataclass
 class ConvEncoderConfig:
-    channels: list[int] = field(factory=lambda: [32, 64, 128], help="filters per conv layer")
-    kernels: list[int] = field(factory=lambda: [5, 5, 3], help="kernel size per conv layer")
+    channels: list[int] = field(factory=lambda: [32, 64, 128], min=1, help="filters per conv layer")
+    kernels: list[int] = field(factory=lambda: [5, 5, 3], min=1, max=31, help="kernel size per conv layer")
     activation: Activation = field("relu")
     pooling: Literal["max", "average"] = field("max", help="2x2 pooling after every conv")
 
@@ -151,7 +151,7 @@ def conv_encoder(config: ConvEncoderConfig, output_shape, key: str):
 
 @dataclasses.dataclass
 class ConvDecoderConfig:
-    channels: list[int] = field(factory=lambda: [128, 64, 32],
+    channels: list[int] = field(factory=lambda: [128, 64, 32], min=1,
                                 help="filters of the transposed convs; one more transposed conv "
                                      "emits the image channels")
     kernel: int = field(5, min=3, max=15)
@@ -222,7 +222,7 @@ def conv_decoder(config: ConvDecoderConfig, output_shape, key: str):
 
 @dataclasses.dataclass
 class UpconvDecoderConfig:
-    channels: list[int] = field(factory=lambda: [128, 64, 32],
+    channels: list[int] = field(factory=lambda: [128, 64, 32], min=1,
                                 help="filters; the first is the projected feature map, every "
                                      "further one doubles the resolution (transposed conv, stride 2)")
     kernel: int = field(5, min=1, max=15)

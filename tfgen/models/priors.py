@@ -103,7 +103,7 @@ class RealNVPConfig:
                                                 "layers split z)")
     coupling_layers: int = field(4, min=1, max=64, help="affine coupling layers; the masks "
                                                         "alternate (z is reversed between layers)")
-    hidden: list[int] = field(factory=lambda: [64, 64], help="widths of each coupling "
+    hidden: list[int] = field(factory=lambda: [64, 64], min=1, help="widths of each coupling "
                                                             "network's hidden layers")
 
 
