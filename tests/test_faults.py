@@ -234,7 +234,9 @@ ALPHABET = ([chr(i) for i in range(128)]
 
 
 def random_text(rng: np.random.Generator, max_len: int = 40, min_len: int = 0) -> str:
-    return "".join(rng.choice(ALPHABET, size=int(rng.integers(min_len, max_len + 1))))
+    # drawn by index: a NumPy string array would drop trailing NULs ("\x00" alone -> "")
+    size = int(rng.integers(min_len, max_len + 1))
+    return "".join(ALPHABET[i] for i in rng.integers(0, len(ALPHABET), size=size))
 
 
 def random_key(rng: np.random.Generator) -> str:
@@ -291,6 +293,10 @@ def randomized(obj: typing.Any, rng: np.random.Generator, path: str = "") -> Non
                 randomized(item.params, rng, key)
         elif dataclasses.is_dataclass(value):
             randomized(value, rng, key)
+        elif f.metadata.get("pattern") and isinstance(value, list):  # structured: host:port
+            host = lambda: "".join(rng.choice(list("abcXYZ019_.-"), size=int(rng.integers(1, 12))))  # noqa: E731
+            setattr(obj, f.name, [f"h{i}{host()}:{int(rng.integers(1, 65536))}"
+                                  for i in range(int(rng.integers(0, 3)))])
         elif f.metadata.get("pattern"):
             setattr(obj, f.name, "".join(rng.choice(list("abcXYZ0189_"), size=3)) + "".join(
                 rng.choice(list("abXY09._-"), size=int(rng.integers(0, 20)))).replace("..", "._"))
