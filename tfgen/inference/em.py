@@ -48,6 +48,12 @@ tfd = tfp.distributions
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def _described(name: str, params, key: str) -> str:
+    """A component as given, for a message: "conv_decoder", "mlp (hidden = [32])"."""
+    value = getattr(params, key, None)
+    return name if value is None else f"{name} ({key} = {value!r})"
+
+
 @dataclasses.dataclass
 class EMConfig:
     model: Literal["ppca", "gmm"] = field("ppca", help="ppca: probabilistic PCA (linear decoder, "
@@ -76,11 +82,11 @@ class EMConfig:
         decoder, likelihood = cfg.model.decoder, cfg.model.likelihood
         if decoder.name != "mlp" or list(decoder.params.hidden):
             raise ConfigError(file, "model.decoder", "PPCA's decoder is linear: an mlp with no "
-                              "hidden layer", f"{decoder.name} {getattr(decoder.params, 'hidden', '')}",
+                              "hidden layer", _described(decoder.name, decoder.params, "hidden"),
                               "name = 'mlp', hidden = []")
         if likelihood.name != "normal" or likelihood.params.scale != "learned":
             raise ConfigError(file, "model.likelihood", "PPCA's noise is one learned sigma",
-                              f"{likelihood.name} {getattr(likelihood.params, 'scale', '')}",
+                              _described(likelihood.name, likelihood.params, "scale"),
                               "name = 'normal', scale = 'learned'")
         if likelihood.params.mean_activation != "identity":
             raise ConfigError(file, "model.likelihood.mean_activation", "PPCA's mean is linear",
