@@ -16,14 +16,20 @@ Its parts:
   ``[[evaluate]]`` task's batch.
 
 Activations follow one documented rule, not a guess per network: the networks are built once
-in a scratch ``tf.Graph`` (nothing is allocated and the run's random seeds are not touched),
-called on 1 and on 2 examples, and the difference of the summed sizes of the float tensors
-that their convolutions, transposed convolutions, matrix products and batch norms output is
-the per-example size.  Other element-wise ops are fused or freed at once, except the
-likelihood's per-pixel terms, which count ``PIXEL_TENSORS`` tensors of the decoder's output
-size.  A pass with a backward pass (training, the particle update, inpainting) counts 3 x the
-network's tensors and 2 x the pixel terms (the forward tensors kept for the gradient, and the
-gradients); a forward pass 1 x.
+in a scratch ``tf.Graph`` (nothing is allocated -- tf_keras' variable initialization is
+skipped there -- and the run's random seeds are not touched), called on 1 and on 2 examples,
+and the difference of the summed sizes of the float tensors that their convolutions,
+transposed convolutions, matrix products and batch norms output is the per-example size
+(tensors whose batch dimension is unknown, as Keras functional models leave it, count their
+per-example size directly).  Ops inside the functions a layer calls, and inside the larger
+branch of a ``tf.cond``, count as if inlined.  Other element-wise ops are fused or freed at
+once, except the likelihood's per-pixel terms, which count ``PIXEL_TENSORS`` tensors of the
+decoder's output size, and the prior's log density, which counts ``PRIOR_TENSORS`` tensors
+of its largest element-wise term (a mixture's [K, d] per latent).  A scheme whose model is a
+density network of its own (``flow``, ``autoregressive``) gives it by ``traced_log_prob``;
+it stands in for the decoder.  A pass with a backward pass (training, the particle update,
+inpainting) counts 3 x the network's tensors and 2 x the pixel terms (the forward tensors
+kept for the gradient, and the gradients); a forward pass 1 x.
 
 Measured against peak RSS (README, "What tfgen guarantees"), the estimate is within a factor of
 about 1.5 of the truth on the shipped experiments; the check refuses only what exceeds the

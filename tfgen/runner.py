@@ -80,8 +80,7 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
                           "resume it with --set runtime.strategy=default or =mirrored "
                           "(checkpoints restore under any number of replicas)")
     progress = Progress(cfg.logging.progress and not quiet)
-    data = load_data(cfg.data, cfg.experiment.seed, cfg.source_file, memory_check)
-    memory = resources.check_memory(cfg, data) if memory_check else None  # before any variable
+    data, memory = load_checked(cfg, memory_check)
     data, scheme, generator = build(cfg, data, strategy)
     if resume:
         trainer = Trainer(cfg, data, scheme, run_dir, progress, generator)
@@ -277,6 +276,14 @@ class OpenedRun(NamedTuple):
     history: list
 
 
+def load_checked(cfg: Config,
+                 memory_check: bool) -> tuple[DataBundle, resources.Estimate | None]:
+    """The data, and (``memory_check``) the memory estimate, refused if it cannot fit: both
+    before any variable exists."""
+    data = load_data(cfg.data, cfg.experiment.seed, cfg.source_file, memory_check)
+    return data, resources.check_memory(cfg, data) if memory_check else None
+
+
 def open_run(run_dir: str, tasks: list[dict] | None = None,
              command: str = "tfgen eval", memory_check: bool = True) -> OpenedRun:
     """A finished run, ready to be evaluated again: its config (with ``tasks``, raw
@@ -291,9 +298,7 @@ def open_run(run_dir: str, tasks: list[dict] | None = None,
         raw["evaluate"] = tasks
         cfg = from_dict(raw, str(config_file))
     strategy = runtime.configure(cfg.runtime, cfg.source_file)
-    data = load_data(cfg.data, cfg.experiment.seed, cfg.source_file, memory_check)
-    if memory_check:  # the tasks' batches too, before any variable (as tfgen run does)
-        resources.check_memory(cfg, data)
+    data, _ = load_checked(cfg, memory_check)  # the tasks' batches too, as tfgen run does
     data, scheme, generator = build(cfg, data, strategy)
     trainer = Trainer(cfg, data, scheme, path, Progress(False), generator)
     restored = trainer.restore()

@@ -57,6 +57,24 @@ class FlowConfig:
                               "levels in [0, 1]", cfg.data.pixel_range, "'[0,1]'")
 
 
+def flow_log_density(bijector: tfp.bijectors.Bijector, alpha: float, x: tf.Tensor) -> tf.Tensor:
+    """log p(x~) [B] of dequantized pixels x~ [B, D] in [0, 1) under the logit pre-processing
+    and ``bijector`` onto N(0, I) (module docstring)."""
+    y = alpha + (1.0 - 2.0 * alpha) * x
+    s = tf.math.log(y) - tf.math.log1p(-y)
+    # d s / d x = (1 - 2a) / (y (1 - y)) per pixel
+    log_det_pre = tf.reduce_sum(math.log(1.0 - 2.0 * alpha) - tf.math.log(y) - tf.math.log1p(-y),
+                                -1)
+    v = bijector.forward(s)
+    return (standard_normal(x.shape[-1]).log_prob(v)
+            + bijector.forward_log_det_jacobian(s, event_ndims=1) + log_det_pre)
+
+
+def standard_normal(pixels: int) -> tfd.Distribution:
+    """The flow's base distribution N(0, I_D)."""
+    return tfd.MultivariateNormalDiag(tf.zeros([pixels]), tf.ones([pixels]))
+
+
 @SCHEMES.register("flow", config=FlowConfig)
 class Flow(MaximumLikelihood, ImageSampler):
     """RealNVP on pixels, trained by maximum likelihood on dequantized images."""
@@ -82,12 +100,8 @@ class Flow(MaximumLikelihood, ImageSampler):
         pixels = int(np.prod(image_shape))
         bijector, _ = realnvp_bijector(pixels, params.coupling_layers, params.hidden,
                                        name="flow_coupling")
-
-        def log_prob(images):
-            s = tf.reshape(images, [-1, pixels])
-            return tf.reduce_sum(bijector.forward(s), -1) + bijector.forward_log_det_jacobian(
-                s, event_ndims=1)
-        return log_prob
+        return lambda images: flow_log_density(bijector, params.alpha,
+                                               tf.reshape(images, [-1, pixels]))
 
     def density_variables(self) -> list:
         return [v for net in self.networks for v in net.trainable_variables]
@@ -97,7 +111,7 @@ class Flow(MaximumLikelihood, ImageSampler):
 
     # ---- the density
     def base(self) -> tfd.Distribution:
-        return tfd.MultivariateNormalDiag(tf.zeros([self.pixels]), tf.ones([self.pixels]))
+        return standard_normal(self.pixels)
 
     def dequantize(self, images: tf.Tensor, uniform: tf.Tensor) -> tf.Tensor:
         top = float(self.params.levels - 1)
@@ -106,14 +120,7 @@ class Flow(MaximumLikelihood, ImageSampler):
 
     def log_density(self, x: tf.Tensor) -> tf.Tensor:
         """log p(x~) [B] of dequantized pixels x~ [B, D] in (0, 1) (module docstring)."""
-        a = self.params.alpha
-        y = a + (1.0 - 2.0 * a) * x
-        s = tf.math.log(y) - tf.math.log1p(-y)
-        # d s / d x = (1 - 2a) / (y (1 - y)) per pixel
-        log_det_pre = tf.reduce_sum(math.log(1.0 - 2.0 * a) - tf.math.log(y) - tf.math.log1p(-y), -1)
-        v = self.bijector.forward(s)
-        return (self.base().log_prob(v) + self.bijector.forward_log_det_jacobian(s, event_ndims=1)
-                + log_det_pre)
+        return flow_log_density(self.bijector, self.params.alpha, x)
 
     def discrete_bound(self, images: tf.Tensor, uniform: tf.Tensor) -> tf.Tensor:
         """log p(x~) - D log levels <= log P(x), per image."""

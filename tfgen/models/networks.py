@@ -95,8 +95,10 @@ def mlp(config: MLPConfig, output_shape, key: str):
 
 @dataclasses.dataclass
 class ConvEncoderConfig:
-    channels: list[int] = field(factory=lambda: [32, 64, 128], min=1, help="filters per conv layer")
-    kernels: list[int] = field(factory=lambda: [5, 5, 3], min=1, max=31, help="kernel size per conv layer")
+    channels: list[int] = field(factory=lambda: [32, 64, 128], min=1,
+                                help="filters per conv layer")
+    kernels: list[int] = field(factory=lambda: [5, 5, 3], min=1, max=31,
+                               help="kernel size per conv layer")
     activation: Activation = field("relu")
     pooling: Literal["max", "average"] = field("max", help="2x2 pooling after every conv")
 
