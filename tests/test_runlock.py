@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli, tiny_config
+from conftest import REPO, STEPS, run_cli, tiny_config
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="flock")
 
-STEPS = ("--set", "train.steps_per_epoch=2")
 WRITERS = {  # a second writer of a run, as a user would start it
     "resume": lambda run: ("run", "--resume", str(run), "--quiet", "--set", "train.epochs=3"),
     "eval": lambda run: ("eval", str(run), "--task", "elbo"),
@@ -42,23 +40,6 @@ time.sleep(600)
 def digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             if p.is_file() else "dir" for p in sorted(root.rglob("*"))}
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, idx_folder) -> Path:
-    out = tmp_path_factory.mktemp("finished")
-    config = out / "tiny.toml"
-    config.write_text(tiny_config(idx_folder, out, epochs=2))
-    assert run_cli("run", str(config), "--quiet", *STEPS).returncode == 0
-    [run] = (out / "tiny").iterdir()
-    return run
-
-
-@pytest.fixture
-def run_dir(finished, tmp_path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(finished, copy)
-    return copy
 
 
 @pytest.fixture

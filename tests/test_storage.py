@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from conftest import run_cli, tiny_config
+from conftest import resume, run_cli
 
-STEPS = ("--set", "train.steps_per_epoch=2")  # 2 steps of 32 images per epoch: ckpt-2, ckpt-4 ...
 WORDS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
          errno.EROFS: "read-only file system", errno.EIO: "input/output error"}
 # TensorFlow's status for each (tsl's ErrnoToCode)
@@ -49,29 +48,6 @@ def one_line(stderr: str) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert "Traceback" not in stderr
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, idx_folder) -> Path:
-    """A finished 2-epoch run (checkpoints ckpt-2 and ckpt-4)."""
-    out = tmp_path_factory.mktemp("finished")
-    config = out / "tiny.toml"
-    config.write_text(tiny_config(idx_folder, out, epochs=2))
-    assert run_cli("run", str(config), "--quiet", *STEPS).returncode == 0
-    [run] = (out / "tiny").iterdir()
-    return run
-
-
-@pytest.fixture
-def run_dir(finished, tmp_path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(finished, copy)
-    return copy
-
-
-def resume(run_dir: Path, *sets: str):
-    args = [arg for s in sets for arg in ("--set", s)]
-    return run_cli("run", "--resume", str(run_dir), "--quiet", *args)
 
 
 def assert_intact(run_dir: Path, newest: str) -> None:
