@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -152,3 +153,34 @@ def run_cli(*args: str) -> CliResult:
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+#: 2 steps of 32 images per epoch: a 2-epoch run has checkpoints ckpt-2 and ckpt-4
+STEPS = ("--set", "train.steps_per_epoch=2")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, idx_folder) -> Path:
+    """A finished 2-epoch run of the tiny config (ckpt-2, ckpt-4), once per test module; tests
+    work on copies of it (``run_dir``)."""
+    out = tmp_path_factory.mktemp("finished")
+    config = out / "tiny.toml"
+    config.write_text(tiny_config(idx_folder, out, epochs=2))
+    result = run_cli("run", str(config), "--quiet", *STEPS)
+    assert result.returncode == 0, result.stderr
+    [run] = (out / "tiny").iterdir()
+    return run
+
+
+@pytest.fixture
+def run_dir(finished, tmp_path) -> Path:
+    """A copy of ``finished``, this test's to change."""
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    return copy
+
+
+def resume(run_dir: Path, *sets: str) -> CliResult:
+    """``tfgen run --resume RUN_DIR --quiet`` with ``--set`` each of ``sets``, in this process."""
+    args = [arg for s in sets for arg in ("--set", s)]
+    return run_cli("run", "--resume", str(run_dir), "--quiet", *args)

@@ -384,6 +384,7 @@ def test_tfgen_complete_refuses_bad_input_in_one_line(finished_run, tmp_path, ar
     empty.mkdir()
     unfinished.mkdir()
     (unfinished / "config.toml").write_bytes((finished_run / "config.toml").read_bytes())
+    (unfinished / ".lock").touch()  # as every run directory has (tfgen.runlock), empty
     places = {"missing": tmp_path / "missing", "empty": empty, "unfinished": unfinished,
               "run": finished_run}
     before = {folder: snapshot(folder) for folder in (finished_run, unfinished)}

@@ -17,7 +17,9 @@ Saving: the state file is the commit point.
    killed save, damaged checkpoints passed over by a resume), are deleted.
 
 A kill before 3 leaves the state file naming the previous checkpoints, which nothing has
-touched; a kill after 3, the new one, complete.  A name the state file lists is never
+touched; a kill after 3, the new one, complete.  A save that fails before 3 (a full disk, a
+quota, a read-only or failing disk: a :class:`tfgen.errors.StorageError` naming the checkpoint)
+removes what it wrote, which frees its space for the resume, and the state file stays as it was.  A name the state file lists is never
 written again: saving the same number twice (a changed state at the same step) takes the
 name ``ckpt-<n>_<k>``.
 
@@ -37,7 +39,9 @@ uses it to kill real ``tfgen run`` processes inside a save.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import os
 import re
 import shutil
@@ -46,6 +50,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from tfgen import storage
 from tfgen.rundir import atomic_write
 
 STATE_FILE = "checkpoint"
@@ -90,8 +95,13 @@ class Restored:
 class CheckpointStore:
     """The checkpoints of one ``tf.train.Checkpoint`` in one directory, the newest ``keep``."""
 
-    def __init__(self, checkpoint: tf.train.Checkpoint, directory: Path, keep: int):
+    def __init__(self, checkpoint: tf.train.Checkpoint, directory: Path, keep: int,
+                 root: Path | None = None):
+        """``root``: the folder ``directory`` is in, at any depth (the run directory; default
+        its parent): saving makes the folders between them, never ``root`` itself, so a run
+        directory deleted under a run is not made again, half."""
         self.checkpoint, self.directory, self.keep = checkpoint, Path(directory), keep
+        self.root = Path(root) if root is not None else self.directory.parent
         # restore() creates the checkpoint's save counter, write() saves it only if it exists:
         # created now, it is in every checkpoint and always matched on restore
         checkpoint.save_counter  # noqa: B018
@@ -229,29 +239,49 @@ class CheckpointStore:
         while name in kept:
             k += 1
             name = f"ckpt-{number}_{k}"
-        self.directory.mkdir(parents=True, exist_ok=True)
         staging = self.directory / STAGING
-        shutil.rmtree(staging, ignore_errors=True)  # what a killed save left
-        staging.mkdir()
-        self.checkpoint.write(str(staging / name))
-        staged = sorted((p for p in staging.iterdir() if _FILE.match(p.name)),
-                        key=lambda p: p.name.endswith(".index"))  # the index last
-        for path in staged:
-            _fsync(path)
-        _kill_hook("staged", self.directory / name)
-        for path in staged:
-            if path.name.endswith(".index"):
-                _kill_hook("data-moved", self.directory / name)
-            os.replace(path, self.directory / path.name)
-        _fsync(self.directory)
-        _kill_hook("files-moved", self.directory / name)
-        kept = (kept + [name])[-self.keep:]
-        self._write_state(kept)
+        with storage.writing(self.directory / name):
+            try:
+                if not self.root.is_dir():
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT),
+                                            str(self.root))
+                self.directory.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(staging, ignore_errors=True)  # what a killed save left
+                staging.mkdir()
+                self.checkpoint.write(str(staging / name))
+                staged = sorted((p for p in staging.iterdir() if _FILE.match(p.name)),
+                                key=lambda p: p.name.endswith(".index"))  # the index last
+                for path in staged:
+                    _fsync(path)
+                _kill_hook("staged", self.directory / name)
+                for path in staged:
+                    if path.name.endswith(".index"):
+                        _kill_hook("data-moved", self.directory / name)
+                    os.replace(path, self.directory / path.name)
+                _fsync(self.directory)
+                _kill_hook("files-moved", self.directory / name)
+                kept = (kept + [name])[-self.keep:]
+                self._write_state(kept)
+            except BaseException:
+                # a failed save (a full disk ...): the state file still names the checkpoints
+                # before it, which nothing touched; what it wrote is removed, so that its
+                # space is free again for the resume
+                self._discard(name)
+                raise
         self._kept = kept
         _kill_hook("committed", self.directory / name)
         self._sweep(kept)
         shutil.rmtree(staging, ignore_errors=True)
         return str(self.directory / name)
+
+    def _discard(self, name: str) -> None:
+        """Remove what a failed save of ``name`` wrote (never named by the state file)."""
+        shutil.rmtree(self.directory / STAGING, ignore_errors=True)
+        if name not in self.kept() and self.directory.is_dir():
+            for path in self.directory.glob(f"{name}.*"):
+                if _FILE.match(path.name):
+                    with contextlib.suppress(OSError):
+                        path.unlink()
 
     def _write_state(self, names: list[str]) -> None:
         lines = [f'model_checkpoint_path: "{names[-1]}"']

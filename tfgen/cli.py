@@ -56,8 +56,8 @@ def _fail(err) -> None:
 @contextlib.contextmanager
 def _one_line_errors(debug: bool = False):
     """Whatever goes wrong ends in one line per error on stderr and a non-zero exit code:
-    2 bad input or a refused run, 3 a diverged loss, 130 Ctrl-C, 1 a TensorFlow failure or a
-    bug.  ``debug`` (``--debug``) lets the exception through, with its traceback."""
+    2 bad input or a refused run (a run directory in use too), 3 a diverged loss, 4 a failing
+    file system (tfgen.errors.StorageError), 130 Ctrl-C, 1 a TensorFlow failure or a bug.  ``debug`` (``--debug``) lets the exception through, with its traceback."""
     try:
         yield
     except (typer.Exit, SystemExit):

@@ -109,3 +109,31 @@ class RunFailed(TfgenError):
     failed and the run directory."""
 
     exit_code = 1
+
+
+class StorageError(TfgenError):
+    """The file system failed under a command (a full disk, a quota, a read-only or failing
+    disk, a deleted run directory): names the path and the cause in words (see
+    :mod:`tfgen.storage`), and with :meth:`then` what to do once it is fixed.  Exit code 4, so
+    that a script can tell it from bad input (2) and from TensorFlow failing (1)."""
+
+    exit_code = 4
+
+    #: what makes each cause go away (the words of tfgen.storage.CAUSES)
+    REMEDIES = {"no space left on device": "once the disk has free space",
+                "disk quota exceeded": "once you are within your disk quota",
+                "read-only file system": "once the file system is writable again",
+                "input/output error": "once the disk is checked (an I/O error is a fault of "
+                                      "the disk or the network file system)"}
+
+    def __init__(self, path: object, cause: str, next_step: str | None = None):
+        self.path, self.cause, self.next_step = path, cause, next_step
+        text = f"{path}: cannot write: {cause}"
+        if next_step:
+            remedy = self.REMEDIES.get(cause)
+            text += f"; {next_step}" + (f" {remedy}" if remedy else "")
+        super().__init__(text)
+
+    def then(self, next_step: str) -> "StorageError":
+        """The same error, with what to do once the file system is fixed."""
+        return StorageError(self.path, self.cause, next_step)

@@ -6,6 +6,7 @@ events, history, metrics and figures.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -15,6 +16,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from tfgen import storage
 from tfgen.config import Config, dumps_toml, to_dict
 from tfgen.errors import ConfigError
 
@@ -118,13 +120,22 @@ def write_metrics(run_dir: Path, metrics: dict) -> None:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that a kill leaves either the old or the new file."""
+    """Replace ``path`` with ``text`` so that a kill leaves either the old or the new file.
+
+    A failing file system (a full disk ...) is a StorageError naming ``path``; the old file
+    stays, and the temporary file is removed (on a full disk, it holds the space wanted)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with storage.writing(path):
+        try:
+            with open(tmp, "w") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
 
 
 def open_run_dir(path: str, command: str = "--resume") -> Path:

@@ -1,19 +1,23 @@
 """Turns a validated config into a trained, evaluated run directory."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
+import functools
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 import tensorflow as tf
 
-from tfgen import resources, runtime
+from tfgen import resources, runlock, runtime, storage
 from tfgen.config import Config, apply_overrides, from_dict, load_config, read_toml, to_dict
 from tfgen.data import DataBundle, load_data
-from tfgen.errors import CheckpointError, ConfigError, RunFailed, TfgenError
+from tfgen.errors import CheckpointError, ConfigError, RunFailed, StorageError, TfgenError
 from tfgen.evaluation.tasks import EvalContext
 from tfgen.inference.capabilities import scheme_class
 from tfgen.models.model import build_model
@@ -21,6 +25,29 @@ from tfgen.registry import EVALUATIONS
 from tfgen.rundir import (CONFIG_NAME, create_run_dir, open_run_dir, write_config, write_metrics,
                           write_run_info)
 from tfgen.training import Interrupted, InterruptFlag, Progress, Trainer
+
+
+_held: contextvars.ContextVar[contextlib.ExitStack] = contextvars.ContextVar("held")
+
+
+def _holding_until_return(function):
+    """``function`` may :func:`_hold` contexts (the run directory's lock, its failure handling)
+    from the point where it knows its run directory: they are exited when it returns or
+    raises, the last held first."""
+    @functools.wraps(function)
+    def holding(*args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            token = _held.set(stack)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                _held.reset(token)
+    return holding
+
+
+def _hold(context):
+    """Enter ``context`` until the :func:`_holding_until_return` function running returns."""
+    return _held.get().enter_context(context)
 
 
 def build(cfg: Config, data: DataBundle | None = None,
@@ -47,6 +74,7 @@ def build(cfg: Config, data: DataBundle | None = None,
     return data, scheme, generator
 
 
+@_holding_until_return
 def run(config_path: str | None, overrides: list[str], resume: str | None, quiet: bool,
         memory_check: bool = True, worker_index: int | None = None) -> Path:
     """Train and evaluate; returns the run directory.
@@ -59,6 +87,10 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
     In a multi-worker cluster every worker trains (the collectives need them all), worker 0
     writes the run directory and evaluates; the others write their checkpoints (which every
     worker must save together) to a temporary directory that is removed at the end.
+
+    The writer (worker 0) holds the run directory's lock (tfgen.runlock) from the moment it
+    knows the directory -- on ``--resume`` before anything is read from it but its config --
+    to its exit; a failing file system is one line (tfgen.storage).
     """
     if resume:
         run_dir = open_run_dir(resume)
@@ -79,6 +111,8 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
                           "resumed by several workers yet", cfg.runtime.strategy,
                           "resume it with --set runtime.strategy=default or =mirrored "
                           "(checkpoints restore under any number of replicas)")
+    if resume:  # before the checkpoint is read: a second writer is refused, changing nothing
+        _hold(runlock.holding(run_dir, f"tfgen run --resume {run_dir}"))
     progress = Progress(cfg.logging.progress and not quiet)
     data, memory = load_checked(cfg, memory_check)
     data, scheme, generator = build(cfg, data, strategy)
@@ -91,7 +125,10 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
                                   f"{run_dir / CONFIG_NAME}")
     else:
         run_dir = create_run_dir(cfg)
+        _hold(runlock.holding(run_dir, f"tfgen run {config_path}"))
         trainer = Trainer(cfg, data, scheme, run_dir, progress, generator)
+    next_step = lambda: _continue_with(run_dir, trainer, cfg)  # noqa: E731
+    _hold(storage.failures_in(run_dir, next_step))
     # the resume is known to work: from here on the run directory changes
     write_config(run_dir, cfg)
     write_run_info(run_dir, cfg, overrides, bool(resume), runtime.describe(strategy))
@@ -119,7 +156,7 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
             metrics[AFTER_RUN] = kept
     with InterruptFlag() as interrupt:  # Ctrl-C by phase: training, evaluation, stopping
         try:
-            with writer.as_default():
+            with writer.as_default(), storage.failures_in(run_dir, next_step):
                 metrics["train"] = trainer.fit(interrupt)
                 scheme.layout.gather_rows()  # sharded rows, for evaluation (every worker)
                 log_final(metrics["train"], int(trainer.step.numpy()))
@@ -157,12 +194,39 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
             metrics["status"] = f"failed: {type(err).__name__}: {err}"
             raise
         finally:
-            writer.flush()
             metrics["history"] = trainer.history
-            write_metrics(run_dir, metrics)
+            _write_last(writer, run_dir, metrics)
     progress.message("evaluation: " + json.dumps(metrics["evaluation"], default=float))
     progress.message(f"done: {run_dir}")
     return run_dir
+
+
+def _continue_with(run_dir: Path, trainer: Trainer, cfg: Config) -> str:
+    """What to do after a failure of the file system: resume from the newest checkpoint."""
+    last = trainer.store.latest
+    if last:
+        return f"the newest checkpoint is {last}; continue with: tfgen run --resume {run_dir}"
+    config = run_dir / CONFIG_NAME
+    return (f"no checkpoint was written yet; start again with: tfgen run "
+            f"{config if config.is_file() else cfg.source_file}")
+
+
+def _write_last(writer, run_dir: Path, metrics: dict) -> None:
+    """TensorBoard's last events and metrics.json, as a run ends.  If it ends by an error, a
+    failure of the file system here does not replace that error: it is the same failure (a
+    full disk stays full) or, after another error, a warning."""
+    ending_by = sys.exc_info()[1]
+    try:
+        with storage.failures_in(run_dir):
+            try:
+                writer.flush()
+            finally:  # metrics.json is the run's record: tried even if TensorBoard fails
+                write_metrics(run_dir, metrics)
+    except StorageError as err:
+        if ending_by is None:
+            raise
+        if not isinstance(ending_by, StorageError):
+            Progress.warn(f"{err}; metrics.json does not record how the run ended")
 
 
 def _compile_text(cfg: Config, scheme) -> str:
@@ -201,16 +265,24 @@ def _stopped_at_once(phase: str, run_dir: Path, last: str | None) -> str:
 
 
 def describe_tf_error(err: tf.errors.OpError) -> str:
-    """One line: what ran out or failed, in TensorFlow's words (its message's telling line)."""
+    """One line: what ran out or failed, in TensorFlow's words (its message's telling line):
+    memory, the file system (a full disk ..., see tfgen.storage) or something else."""
     # TensorFlow's message: "Graph execution error:", where it was defined (File ... lines),
     # the error itself, then "[[{{node ...}}]]"; an OOM names the tensor it could not allocate
+    # ResourceExhaustedError is also TensorFlow's status for a full disk or a quota (ENOSPC,
+    # EDQUOT): it means memory only when the message is about allocating
     lines = [line.strip() for line in (err.message or "").splitlines() if line.strip()]
-    telling = [line for line in lines if "OOM" in line or "llocat" in line]
+    disk = storage.cause(err)
+    memory = [line for line in lines
+              if "OOM" in line or "llocat" in line or "out of memory" in line.lower()]
+    telling = [line for line in lines if disk and disk in line.lower()] if disk else memory
     telling = telling or [line for line in lines if not line.startswith(
         ("Graph execution error", "Detected at node", "File ", "[[", "Stack trace", "Hint:"))]
     detail = (telling[0] if telling else lines[-1] if lines else "")[:300]
     kind = type(err).__name__
-    if isinstance(err, tf.errors.ResourceExhaustedError):
+    if disk:
+        return f"the file system failed: {disk} ({kind}: {detail})"
+    if isinstance(err, tf.errors.ResourceExhaustedError) and memory:
         return (f"TensorFlow ran out of memory ({kind}: {detail}); lower train.batch_size, "
                 f"inference.chunk_size or the evaluation batch sizes")
     return f"TensorFlow failed ({kind}: {detail})"
@@ -313,6 +385,7 @@ def open_run(run_dir: str, tasks: list[dict] | None = None,
     return OpenedRun(path, cfg, data, scheme, int(trainer.step.numpy()), weights, trainer.history)
 
 
+@_holding_until_return
 def evaluate_run(run_dir: str, tasks: list[dict] | None, command: str,
                  overrides: list[str] = (), memory_check: bool = True) -> list[tuple[str, dict]]:
     """Run evaluation tasks (raw ``[[evaluate]]`` tables; None = the run's own list) on a
@@ -324,8 +397,12 @@ def evaluate_run(run_dir: str, tasks: list[dict] | None, command: str,
 
     Everything that can be refused (the run directory, the tasks' keys, the data, the
     checkpoint, an unreadable metrics.json) is refused before the run directory changes;
-    each task's entry is written as soon as it is done."""
+    each task's entry is written as soon as it is done.  It holds the run directory's lock
+    (a running ``tfgen run`` or another ``tfgen eval`` of the run is refused)."""
     path = open_run_dir(run_dir, command)
+    _hold(runlock.holding(path, f"{command} {path}"))
+    _hold(storage.failures_in(path, lambda: f"the tasks finished before it are in "
+                                            f"{path / 'metrics.json'}; run {command} again"))
     if tasks is None:
         tasks = read_toml(path / CONFIG_NAME).get("evaluate", [])
         if not tasks:

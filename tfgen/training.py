@@ -165,8 +165,10 @@ class Trainer:
         weights = {k: v for k, v in items.items() if not isinstance(v, keras.optimizers.Optimizer)}
         self.best_checkpoint = tf.train.Checkpoint(model=self.model, **weights)
         ckpt_dir = run_dir / "checkpoints"
-        self.store = CheckpointStore(self.checkpoint, ckpt_dir, cfg.train.keep_checkpoints)
-        self.best_store = CheckpointStore(self.best_checkpoint, ckpt_dir / "best", 1)
+        self.store = CheckpointStore(self.checkpoint, ckpt_dir, cfg.train.keep_checkpoints,
+                                     root=run_dir)
+        self.best_store = CheckpointStore(self.best_checkpoint, ckpt_dir / "best", 1,
+                                          root=run_dir)
         self.executor = StepExecutor(
             scheme.replica_step, scheme.strategy, generator, {"step": self.step, "batches": self.batches_in_epoch,
                                 "images": self.images_in_epoch, "images_seen": self.images_seen},

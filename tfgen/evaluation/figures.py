@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from tfgen import storage
+
 
 def to_uint8(images: np.ndarray, pixel_range: tuple[float, float]) -> np.ndarray:
     low, high = pixel_range
@@ -45,8 +47,9 @@ def write_png(path: Path, grid: np.ndarray, scale: int = 2) -> Path:
     """Write a uint8 image, upscaled by nearest neighbour so small digits stay visible."""
     if scale > 1:
         grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tf.io.write_file(str(path), tf.io.encode_png(grid))
+    with storage.writing(path, in_place=True):
+        path.parent.mkdir(exist_ok=True)  # one level (figures/): a deleted run is not made again
+        tf.io.write_file(str(path), tf.io.encode_png(grid))
     return path
 
 
@@ -76,9 +79,12 @@ def plot_curves(history: list[dict], keys: list[tuple[str, str]], path: Path, ti
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with storage.writing(path, in_place=True):
+            path.parent.mkdir(exist_ok=True)  # as in write_png
+            fig.savefig(path)
+    finally:
+        plt.close(fig)
     return path
 
 
