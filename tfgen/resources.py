@@ -34,7 +34,7 @@ kept for the gradient, and the gradients); a forward pass 1 x.
 Measured against peak RSS (README, "What tfgen guarantees"), the estimate is within a factor of
 about 1.5 of the truth on the shipped experiments; the check refuses only what exceeds the
 memory available: ``MemAvailable`` plus what this process already holds, capped by the
-cgroup limit if one is set.
+cgroup limit if one is set and by the address-space limit (``ulimit -v``) if one is set.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import resource
 from pathlib import Path
 
 from tfgen.config import Component, Config
@@ -401,8 +402,9 @@ class Available:
 
 def available_memory() -> Available | None:
     """What this process may still use, plus what it holds: ``MemAvailable`` + own RSS, capped
-    by the cgroup (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) limits above it.  None where
-    /proc/meminfo does not exist (the check is then skipped)."""
+    by the cgroup (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) limits above it and by the
+    address-space limit (RLIMIT_AS, ``ulimit -v``).  None where /proc/meminfo does not exist
+    (the check is then skipped)."""
     available = _meminfo_kib("/proc/meminfo", "MemAvailable")
     if available is None:
         return None
@@ -412,7 +414,26 @@ def available_memory() -> Available | None:
         room = limit - usage + rss
         if room < best.bytes:
             best = Available(max(room, 0), f"the cgroup limit {where}")
+    space = _address_space()
+    if space is not None and space[0] + rss < best.bytes:
+        best = Available(max(space[0] + rss, 0), f"the address-space limit, ulimit -v "
+                                                 f"{space[1] // 1024}")
     return best
+
+
+def _address_space() -> tuple[int, int] | None:
+    """(bytes of address space this process may still map, the limit): the RLIMIT_AS soft
+    limit minus the process's virtual size now (``VmSize``); None without a limit.
+
+    The limit is on address space, not on memory: TensorFlow reserves far more than it
+    touches (thread stacks, allocator arenas), and VmSize counts what is reserved already.
+    What it reserves later is not in the estimate, so the check can pass a run that the limit
+    stops anyway; it refuses only what cannot fit even then."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    size = _meminfo_kib("/proc/self/status", "VmSize")
+    return None if size is None else (soft - size * 1024, soft)
 
 
 def _meminfo_kib(path: str, key: str) -> int | None:
