@@ -38,6 +38,31 @@ def test_bernoulli_requires_binarized_data():
         from_dict({"model": {"likelihood": {"name": "bernoulli"}}})
 
 
+def test_errors_in_overridden_keys_name_the_command_line(tmp_path):
+    """An override's error names ``--set KEY`` (under the file it applies to); an error in a key
+    no override touched stays the file's, even next to one."""
+    config = tmp_path / "exp.toml"
+    config.write_text("[train]\nepochs = \"ten\"\n[data]\nbinarize = \"static\"\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config, ["train.learning_rate=-1"])
+    lines = caught.value.lines()
+    assert f"{config}: --set train.learning_rate: out of range; given -1; allowed: > 0.0" in lines
+    assert f"{config}: train.epochs: expected an integer; given 'ten'" in lines
+    assert len(lines) == 2, lines
+
+
+@pytest.mark.parametrize("tasks,index", [(["elbo"], 0), (["samples", "curves", "elbo"], 2)])
+def test_capability_refusals_name_the_task_in_the_list(tasks, index):
+    """A GAN has no posterior: the elbo task is refused at its own place, evaluate[i]."""
+    raw = {"data": {"binarize": "static"}, "inference": {"scheme": "gan"},
+           "evaluate": [{"task": t} for t in tasks]}
+    with pytest.raises(ConfigError) as caught:
+        from_dict(raw, "gan.toml")
+    assert caught.value.key == f"evaluate[{index}]", str(caught.value)
+    assert "task 'elbo' needs" in str(caught.value)
+    assert str(caught.value).startswith(f"gan.toml: evaluate[{index}]: task 'elbo' needs")
+
+
 def test_overrides_are_toml_typed(tmp_path):
     raw = {"train": {"epochs": 10}}
     apply_overrides(raw, ["train.epochs=3", "model.prior.dim=2", "train.learning_rate=1e-4",
@@ -70,7 +95,12 @@ BAD_INPUT = [
     ("nested unknown key", "[inference.encoder]\nname = \"mlp\"\nhiden = [3]\n", [],
      ["inference.encoder.hiden", "did you mean 'hidden'"]),
     ("syntax error", "[train\nepochs = 3\n", [], ["TOML syntax error", "line 1, column"]),
-    ("bad override", "", ["--set", "train.epochs=x"], ["train.epochs", "expected an integer"]),
+    ("bad override", "", ["--set", "train.epochs=x"],
+     ["--set train.epochs: expected an integer", "'x'"]),
+    ("override of an unknown key", "", ["--set", "train.epochz=3"],
+     ["--set train.epochz: unknown key", "did you mean 'epochs'"]),
+    ("override of a table", "", ["--set", 'model.decoder={name = "mlp", hiden = [3]}'],
+     ["--set model.decoder.hiden: unknown key", "did you mean 'hidden'"]),
     ("override without =", "", ["--set", "train.epochs"], ["--set", "KEY=VALUE"]),
     ("bad split", "[data]\nsource = \"idx\"\npath = \"{idx}\"\ntrain_split = \"trian[:10]\"\n", [],
      ["data.train_split", "trian"]),
@@ -89,8 +119,15 @@ BAD_INPUT = [
      ["runtime.workers[0]", "not a host:port address", "1..65535"]),
     ("worker port too large", "[runtime]\nworkers = [\"127.0.0.1:99999\", \"b:2\"]\n", [],
      ["runtime.workers[0]", "'127.0.0.1:99999'"]),
-    ("worker twice", "[runtime]\nworkers = [\"a:1\", \"a:1\"]\n", [],
+    ("worker twice", "[runtime]\nstrategy = \"multi_worker\"\nworkers = [\"a:1\", \"a:1\"]\n", [],
      ["runtime.workers", "the same entry twice", "'a:1'"]),
+    ("workers without multi_worker", "[runtime]\nworkers = [\"a:1\", \"b:1\"]\n", [],
+     ["runtime.workers: lists a cluster, but runtime.strategy = 'default' trains on this "
+      "machine alone", "allowed: workers only with runtime.strategy = \"multi_worker\""]),
+    ("workers with mirrored", "[runtime]\nstrategy = \"mirrored\"\nworkers = [\"a:1\"]\n", [],
+     ["runtime.workers", "runtime.strategy = 'mirrored'"]),
+    ("connect timeout zero", "[runtime]\nconnect_timeout_s = 0\n", [],
+     ["runtime.connect_timeout_s", "out of range", "> 0.0"]),
     ("device twice", "[runtime]\nstrategy = \"mirrored\"\ndevices = [\"CPU:0\", \"CPU:0\"]\n", [],
      ["runtime.devices", "the same entry twice"]),
     ("empty output_dir", "", ["--set", 'experiment.output_dir=""'],

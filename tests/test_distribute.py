@@ -152,6 +152,29 @@ def test_two_workers_on_loopback_follow_the_single_device_run(scheme, idx_folder
     assert_same_run(single_device_runs[scheme], run_dir)
 
 
+def test_a_worker_that_never_arrives_is_named_after_the_connect_timeout(idx_folder, tmp_path):
+    """Worker 0 of a 2-worker cluster, started alone: after runtime.connect_timeout_s it names
+    worker 1 and its address in one line and exits non-zero, without a run directory.  (The
+    process's own timeout only bounds a failure; without the deadline it would wait forever.)"""
+    config = write_config(idx_folder, tmp_path, "vae", epochs=1)
+    workers = loopback_workers(2)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TF_CONFIG", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "tfgen", "run", str(config), "--worker-index", "0",
+         "--set", "runtime.strategy=multi_worker", "--set", f"runtime.workers={json.dumps(workers)}",
+         "--set", "runtime.connect_timeout_s=3"],
+        cwd=REPO, env=env, text=True, capture_output=True, timeout=240)
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        f"error: {config}: runtime.connect_timeout_s: worker 1 ({workers[1]}) did not join the "
+        f"cluster within 3 s (nothing answers at its address); start it (tfgen run ... "
+        f"--worker-index 1), or raise runtime.connect_timeout_s (3)"], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_the_input_split_gives_each_replica_the_images_of_its_rows():
     from tfgen.distribute import ReplicaLayout
 

@@ -214,17 +214,27 @@ def complete(
         typer.echo(_completion_summary(key, entry, run_dir))
 
 
-def _as_option_error(err, command: str, options: dict):
-    """An error in the command's [[evaluate]] table (``evaluate[0].<key>``), told as one in the
-    option that set the key."""
+def _as_option_error(err, command: str, options: dict, set_keys: list[str] | None = None):
+    """An error in a key of the command's [[evaluate]] tables (``evaluate[i].<key>``), told as
+    one in the option that set the key: ``options`` maps keys to options, the others are
+    ``--set KEY``'s -- every key (``set_keys`` None: the command built the table), or those
+    ``set_keys`` set (the others came from the run's own config.toml and name it)."""
+    import re
+
+    from tfgen.config import overridden_key
     from tfgen.errors import ConfigError
 
-    prefix = "evaluate[0]."
-    if not (err.key or "").startswith(prefix):
+    match = re.fullmatch(r"evaluate\[\d+\]\.(.+)", err.key or "")
+    if not match:
         return err
-    key = err.key[len(prefix):]
-    return ConfigError(command, options.get(key, f"--set {key}"), err.message, err.given,
-                       err.allowed)
+    key = match.group(1)
+    if key in options:
+        where = options[key]
+    elif set_keys is None or overridden_key(key, set_keys):
+        where = f"--set {overridden_key(key, set_keys) if set_keys else key}"
+    else:
+        return err
+    return ConfigError(command, where, err.message, err.given, err.allowed)
 
 
 def _completion_summary(key: str, entry: dict, run_dir: str) -> str:
@@ -259,10 +269,19 @@ def eval_(
     each result, keyed with its settings, into the run's metrics.json (evaluations_after_run)
     and its TensorBoard at the run's last step."""
     with _one_line_errors(debug):
+        from tfgen.config import override_keys
+        from tfgen.errors import ConfigError
         from tfgen.runner import evaluate_run
 
         tasks = [{"task": name} for name in task] or None
-        for key, entry in evaluate_run(run_dir, tasks, "tfgen eval", set_, memory_check):
+        try:
+            done = evaluate_run(run_dir, tasks, "tfgen eval", set_, memory_check)
+        except ConfigError as err:  # --task and --set set keys of the tasks: name the option
+            options = {"task": "--task"} if tasks else {}
+            raise ConfigError.combine([_as_option_error(e, "tfgen eval", options,
+                                                        override_keys(set_))
+                                       for e in getattr(err, "errors", [err])]) from None
+        for key, entry in done:
             numbers = ", ".join(f"{name} {value:.6g}" for name, value in entry["results"].items()
                                 if isinstance(value, float))
             typer.echo(f"{key}: {numbers or 'no scalar results'}"

@@ -11,6 +11,7 @@ A config is data: nothing in it is imported or evaluated as code.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -163,7 +164,12 @@ class RuntimeConfig:
                                                     "devices (mirrored on a machine without GPUs)")
     workers: list[str] = field(factory=list, pattern=WORKER_ADDRESS,
                                help="host:port of every worker, for tfgen run --worker-index "
-                                    "(instead of TF_CONFIG)")
+                                    "(instead of TF_CONFIG); only with strategy = "
+                                    "\"multi_worker\"")
+    connect_timeout_s: float = field(300.0, gt=0.0, max=86400.0,
+                                     help="multi_worker: seconds to wait for every worker to "
+                                          "join the cluster; then the missing ones are named "
+                                          "and the run stops")
     mixed_precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = field(
         "float32", help="compute dtype of the decoder (the likelihood, log densities, latents "
                         "and optimizer state stay float32)")
@@ -471,14 +477,157 @@ def from_dict(raw: dict, file: str = "<config>") -> Config:
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config in ``path`` with ``overrides`` applied; an error in a key an override set
+    names the command line (``exp.toml: --set train.epochs: ...``), the others the file."""
     raw = read_toml(path)
     apply_overrides(raw, list(overrides))
-    return from_dict(raw, str(path))
+    try:
+        return from_dict(raw, str(path))
+    except ConfigError as err:
+        raise blame_overrides(err, overrides, str(path)) from None
+
+
+def override_keys(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The key paths ``overrides`` set, spelled as errors spell them (``evaluate[0].samples``
+    for ``--set evaluate.0.samples=...``)."""
+    keys = []
+    for text in overrides:
+        parts, _ = parse_override(text)
+        key = ""
+        for part in parts:
+            key = f"{key}[{part}]" if part.isdigit() and key else _join(key, part)
+        keys.append(key)
+    return keys
+
+
+def overridden_key(key: str | None, keys: list[str]) -> str | None:
+    """The key to name for an error at ``key`` if one of the overrides' ``keys`` set it (the
+    key itself, something above it, or something below it), else None."""
+    if not key:
+        return None
+    for set_key in keys:
+        if key == set_key or key.startswith((set_key + ".", set_key + "[")):
+            return key
+        if set_key.startswith((key + ".", key + "[")):
+            return set_key
+    return None
+
+
+def blame_overrides(err: ConfigError, overrides: list[str] | tuple[str, ...], where: str,
+                    every: bool = False) -> ConfigError:
+    """``err``, found in a config with ``overrides`` applied, told as the command line's
+    (``<where>: --set KEY: ...``) where an override set the key; with ``every`` (the config
+    was valid without the overrides, so they caused every error) the others too."""
+    keys = override_keys(overrides)
+    out = []
+    for e in getattr(err, "errors", [err]):
+        key = overridden_key(e.key, keys)
+        if key is not None:
+            out.append(ConfigError(where, f"--set {key}", e.message, e.given, e.allowed))
+        elif every and keys:
+            message = f"{e.key}: {e.message}" if e.key else e.message
+            out.append(ConfigError(where, f"--set {', '.join(keys)}", message, e.given, e.allowed))
+        else:
+            out.append(e)
+    return ConfigError.combine(out)
+
+
+# --------------------------------------------------------------------------- resuming
+
+#: What a checkpoint was trained as, so a resume may not change it: the model (prior and
+#: latent dimension, decoder, likelihood, discriminator), the scheme and the images' shape.
+#: ``fixed_on_resume`` adds the scheme's networks and the keys its config lists in its own
+#: ``fixed_on_resume`` (e.g. PGA's particles, which size the checkpointed cloud).  Another data
+#: source may give another image shape too; the runner compares the shapes once both are loaded.
+FIXED_ON_RESUME = ("inference.scheme", "model", "data.resize", "data.color")
+
+
+def fixed_on_resume(cfg: Config) -> list[str]:
+    """The key paths (each with everything below it) that a resume of ``cfg``'s run may not
+    change."""
+    keys = list(FIXED_ON_RESUME)
+    params = cfg.inference.params
+    if dataclasses.is_dataclass(params):
+        keys += [f"inference.{f.name}" for f in dataclasses.fields(params)
+                 if f.metadata.get("registry") == "networks"]
+        keys += [f"inference.{key}" for key in getattr(params, "fixed_on_resume", ())]
+    return keys
+
+
+def load_resumed(path: str | Path, overrides: list[str] | tuple[str, ...],
+                 where: str) -> tuple[Config, Config]:
+    """(the run's config, the config with ``overrides``) of the run being resumed whose
+    config.toml is ``path``.
+
+    The run's own errors name its file.  A change to a key its checkpoint was trained with
+    (:func:`fixed_on_resume`) is refused before the changed config is parsed -- so it is
+    named as the change it is, not as what it breaks (another scheme's unknown keys) --
+    and again after (a table replaced by ``--set`` that drops a key to another default).
+    Errors of the changed config can only come from the overrides: they name ``--set`` and
+    ``where`` (the run directory)."""
+    raw = read_toml(path)
+    run_cfg = from_dict(copy.deepcopy(raw), str(path))
+    fixed = fixed_on_resume(run_cfg)
+    changed = apply_overrides(copy.deepcopy(raw), list(overrides))
+    _refuse_changes(raw, changed, fixed, where, known_only=True)
+    try:
+        cfg = from_dict(changed, str(path))
+    except ConfigError as err:
+        raise blame_overrides(err, overrides, where, every=True) from None
+    _refuse_changes(to_dict(run_cfg), to_dict(cfg), fixed, where)
+    return run_cfg, cfg
+
+
+def _refuse_changes(before: dict, after: dict, fixed: list[str], where: str,
+                    known_only: bool = False) -> None:
+    """A ConfigError with a line per value under a ``fixed`` key that differs between the
+    raw configs ``before`` and ``after``; ``known_only``: only keys ``before`` has (an
+    unknown key is the parser's to report)."""
+    errors = []
+    for prefix in fixed:
+        old, new = _leaves(_lookup(before, prefix), prefix), _leaves(_lookup(after, prefix), prefix)
+        for key in dict.fromkeys([*old, *([] if known_only else new)]):
+            if key in old and key in new and old[key] == new[key]:
+                continue
+            if known_only and key not in new:
+                continue
+            was, now = old.get(key, "(not set)"), new.get(key, "(not set)")
+            errors.append(ConfigError(where, f"--set {key}", f"cannot change on resume (the run "
+                                      f"is {was!r}, --set asked for {now!r})", allowed=f"the "
+                                      f"run's {was!r} (another value needs a new run)"))
+    if errors:
+        raise ConfigError.combine(errors)
+
+
+def _lookup(raw: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(raw, dict) or part not in raw:
+            return FAILED
+        raw = raw[part]
+    return raw
+
+
+def _leaves(raw: Any, path: str) -> dict[str, Any]:
+    """{dotted key: value} of every non-table value in ``raw`` (at ``path``)."""
+    if raw is FAILED:
+        return {}
+    if not isinstance(raw, dict):
+        return {path: raw}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        out.update(_leaves(value, _join(path, key)))
+    return out
 
 
 def _check_runtime_lists(cfg: Config) -> None:
     """A device or worker listed twice would be two replicas on one device, or two workers
-    waiting for each other on one address."""
+    waiting for each other on one address; workers under another strategy would be ignored
+    (the run would train on this machine alone while its config lists a cluster)."""
+    if cfg.runtime.workers and cfg.runtime.strategy != "multi_worker":
+        raise ConfigError(cfg.source_file, "runtime.workers", f"lists a cluster, but "
+                          f"runtime.strategy = {cfg.runtime.strategy!r} trains on this machine "
+                          f"alone", cfg.runtime.workers, "workers only with runtime.strategy = "
+                          "\"multi_worker\" (else workers = [])")
     for key in ("devices", "workers"):
         values = getattr(cfg.runtime, key)
         repeated = sorted({v for v in values if values.count(v) > 1})
@@ -494,10 +643,14 @@ def _cross_check(cfg: Config) -> None:
     from tfgen.inference.capabilities import scheme_class
 
     checks = [scheme_class(cfg).check_config, _check_runtime_lists]
-    for comp in [cfg.model.prior, cfg.model.likelihood, cfg.inference, *cfg.evaluate]:
+    for comp in [cfg.model.prior, cfg.model.likelihood, cfg.inference]:
         check = getattr(comp.params, "check", None)
         if check is not None:
             checks.append(check)
+    for i, task in enumerate(cfg.evaluate):
+        check = getattr(task.params, "check", None)
+        if check is not None:
+            checks.append(functools.partial(_task_check, check, i))
     # A network's config is used in several places (decoder, encoder, discriminator), so its
     # check is told the key path it sits at.
     for section, owner in [("model", cfg.model), ("inference", cfg.inference.params)]:
@@ -515,6 +668,21 @@ def _cross_check(cfg: Config) -> None:
             errors.append(err)
     if errors:
         raise ConfigError.combine(errors)
+
+
+def _task_check(check: Any, i: int, cfg: Config) -> None:
+    """A task's ``check``, its errors at ``evaluate[i]``: a task's config does not know its
+    place in the list, so its checks name the table ``evaluate`` (or ``evaluate.<key>``)."""
+    try:
+        check(cfg)
+    except ConfigError as err:
+        errors = []
+        for e in getattr(err, "errors", [err]):
+            key = e.key
+            if key == "evaluate" or (key or "").startswith("evaluate."):
+                key = f"evaluate[{i}]{key[len('evaluate'):]}"
+            errors.append(ConfigError(e.file, key, e.message, e.given, e.allowed))
+        raise ConfigError.combine(errors) from None
 
 
 # --------------------------------------------------------------------------- writing

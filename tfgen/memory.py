@@ -1,5 +1,5 @@
 """Available memory: what this process may still use (``MemAvailable``, capped by cgroup
-limits), and the check that refuses data whose float32 copies cannot fit.
+limits and ``ulimit -v``), and the check that refuses data whose float32 copies cannot fit.
 
 The low half of the memory check, apart from the graph-tracing estimate of
 :mod:`tfgen.resources` (the high half, which imports the config, the schemes and the
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import resource
 from pathlib import Path
 
 from tfgen.errors import ResourceError
@@ -24,8 +25,9 @@ class Available:
 
 def available_memory() -> Available | None:
     """What this process may still use, plus what it holds: ``MemAvailable`` + own RSS, capped
-    by the cgroup (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) limits above it.  None where
-    /proc/meminfo does not exist (the check is then skipped)."""
+    by the cgroup (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) limits above it and by the
+    address-space limit (RLIMIT_AS, ``ulimit -v``).  None where /proc/meminfo does not exist
+    (the check is then skipped)."""
     available = _meminfo_kib("/proc/meminfo", "MemAvailable")
     if available is None:
         return None
@@ -35,7 +37,26 @@ def available_memory() -> Available | None:
         room = limit - usage + rss
         if room < best.bytes:
             best = Available(max(room, 0), f"the cgroup limit {where}")
+    space = _address_space()
+    if space is not None and space[0] + rss < best.bytes:
+        best = Available(max(space[0] + rss, 0), f"the address-space limit, ulimit -v "
+                                                 f"{space[1] // 1024}")
     return best
+
+
+def _address_space() -> tuple[int, int] | None:
+    """(bytes of address space this process may still map, the limit): the RLIMIT_AS soft
+    limit minus the process's virtual size now (``VmSize``); None without a limit.
+
+    The limit is on address space, not on memory: TensorFlow reserves far more than it
+    touches (thread stacks, allocator arenas), and VmSize counts what is reserved already.
+    What it reserves later is not in the estimate, so the check can pass a run that the limit
+    stops anyway; it refuses only what cannot fit even then."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    size = _meminfo_kib("/proc/self/status", "VmSize")
+    return None if size is None else (soft - size * 1024, soft)
 
 
 def _meminfo_kib(path: str, key: str) -> int | None:

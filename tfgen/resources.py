@@ -34,7 +34,8 @@ kept for the gradient, and the gradients); a forward pass 1 x.
 Measured against peak RSS (README, "What tfgen guarantees"), the estimate is within a factor of
 about 1.5 of the truth on the shipped experiments; the check refuses only what exceeds the
 memory available (:mod:`tfgen.memory`): ``MemAvailable`` plus what this process already
-holds, capped by the cgroup limit if one is set.
+holds, capped by the cgroup limit if one is set and by the address-space limit (``ulimit -v``)
+if one is set.
 """
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from tfgen import resources, runlock, runtime, storage
-from tfgen.config import Config, apply_overrides, from_dict, load_config, read_toml, to_dict
+from tfgen.config import (Config, apply_overrides, from_dict, load_config, load_resumed,
+                          read_toml, to_dict)
 from tfgen.data import DataBundle, load_data
 from tfgen.errors import CheckpointError, ConfigError, RunFailed, StorageError, TfgenError
 from tfgen.evaluation.tasks import EvalContext
@@ -94,7 +95,8 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
     """
     if resume:
         run_dir = open_run_dir(resume)
-        cfg = load_config(run_dir / CONFIG_NAME, overrides)
+        # a change the checkpoint cannot take is refused as the change it is (naming --set)
+        run_cfg, cfg = load_resumed(run_dir / CONFIG_NAME, overrides, str(run_dir))
     else:
         cfg = load_config(config_path, overrides)
     # before TensorFlow touches a device: threads, logical devices, the cluster
@@ -103,18 +105,22 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
         if resume:
             raise ConfigError(cfg.source_file, "runtime.strategy", "a multi-worker run cannot "
                               "be resumed by several workers yet", cfg.runtime.strategy,
-                              "resume it with runtime.strategy = 'default' or 'mirrored' "
-                              "(checkpoints restore under any number of replicas)")
+                              "resume it with runtime.strategy = 'default' or 'mirrored' and "
+                              "runtime.workers = [] (checkpoints restore under any number of "
+                              "replicas)")
         return _run_worker(cfg, strategy, memory_check)
     if resume and cfg.runtime.strategy == "multi_worker":
         raise ConfigError(cfg.source_file, "runtime.strategy", "a multi-worker run cannot be "
                           "resumed by several workers yet", cfg.runtime.strategy,
-                          "resume it with --set runtime.strategy=default or =mirrored "
-                          "(checkpoints restore under any number of replicas)")
+                          "resume it with --set runtime.strategy=default (or =mirrored) "
+                          "--set 'runtime.workers=[]' (checkpoints restore under any number "
+                          "of replicas)")
     if resume:  # before the checkpoint is read: a second writer is refused, changing nothing
         _hold(runlock.holding(run_dir, f"tfgen run --resume {run_dir}"))
     progress = Progress(cfg.logging.progress and not quiet)
     data, memory = load_checked(cfg, memory_check)
+    if resume:
+        _refuse_another_image_shape(run_cfg, cfg, data, run_dir, memory_check)
     data, scheme, generator = build(cfg, data, strategy)
     if resume:
         trainer = Trainer(cfg, data, scheme, run_dir, progress, generator)
@@ -227,6 +233,29 @@ def _write_last(writer, run_dir: Path, metrics: dict) -> None:
             raise
         if not isinstance(ending_by, StorageError):
             Progress.warn(f"{err}; metrics.json does not record how the run ended")
+
+
+def _refuse_another_image_shape(run_cfg: Config, cfg: Config, data: DataBundle, run_dir: Path,
+                                memory_check: bool) -> None:
+    """A resume whose ``--set`` points the data elsewhere (source, name, path) may not bring
+    images of another shape: the run's networks were built for its own.  Its own data are
+    loaded only then, to compare; if they cannot be (moved away, the reason for the new
+    path), the checkpoint's own check decides."""
+    keys = [f"data.{k}" for k in ("source", "name", "path", "data_dir")
+            if getattr(run_cfg.data, k) != getattr(cfg.data, k)]
+    if not keys:
+        return
+    try:
+        before = load_data(run_cfg.data, run_cfg.experiment.seed, run_cfg.source_file,
+                           memory_check).image_shape
+    except TfgenError:
+        return
+    if before != data.image_shape:
+        shape = lambda s: "x".join(str(n) for n in s)
+        raise ConfigError(str(run_dir), f"--set {', '.join(keys)}", f"the image shape cannot "
+                          f"change on resume (the run's images are {shape(before)}, --set gives "
+                          f"{shape(data.image_shape)})", allowed=f"data of the run's shape, "
+                          f"{shape(before)} (data.resize and data.color are fixed too)")
 
 
 def _compile_text(cfg: Config, scheme) -> str:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
+import threading
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -141,9 +144,87 @@ def make_strategy(runtime, file: str = "<config>") -> tf.distribute.Strategy:
     implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL
                       if tf.config.list_physical_devices("GPU")
                       else tf.distribute.experimental.CommunicationImplementation.RING)
+    _await_cluster(runtime.connect_timeout_s, file)
     return tf.distribute.MultiWorkerMirroredStrategy(
         communication_options=tf.distribute.experimental.CommunicationOptions(
             implementation=implementation))
+
+
+def _await_cluster(timeout_s: float, file: str) -> None:
+    """Return once every other task of TF_CONFIG answers at its host:port, or raise RunFailed
+    naming those that did not within ``timeout_s`` (``runtime.connect_timeout_s``).
+
+    TensorFlow's own wait for the cluster (in the strategy's constructor) has no limit and
+    holds the GIL in C++, so nothing in this process can end it (its registration timeout,
+    ``cluster_register_timeout_in_ms``, was not enforced in TF 2.21 when tried).  So the
+    tasks meet first: each listens on its own port (where TensorFlow's server will listen)
+    and connects to the others' until all have answered; then it closes its port and builds
+    the strategy, whose server takes the port over.  A task that has seen all the others
+    goes on; one still looking finds the port answered by that server, or retries until
+    then.  (A peer that fails between the meeting and building its strategy still leaves the
+    others waiting in TensorFlow.)"""
+    from tfgen.errors import ConfigError, RunFailed
+
+    spec = json.loads(os.environ["TF_CONFIG"])
+    task = spec.get("task", {})
+    tasks = [(job, i, address) for job, addresses in spec.get("cluster", {}).items()
+             for i, address in enumerate(addresses)]
+    own = [address for job, i, address in tasks if (job, i) == (task.get("type"), task.get("index"))]
+    others = [t for t in tasks if t[2] not in own]
+    if not own or not others:
+        return
+    try:
+        port = int(own[0].rpartition(":")[2])  # every interface, as TensorFlow's server
+        listener = (socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True)
+                    if socket.has_dualstack_ipv6() else socket.create_server(("", port)))
+    except OSError as err:
+        raise ConfigError(file, "runtime.workers", f"this task's address {own[0]} cannot be "
+                          f"listened on ({err.strerror or err})", own[0],
+                          "a free port on this machine") from None
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                listener.accept()[0].close()
+            except OSError:  # the 0.2 s timeout, or the listener closed
+                continue
+
+    answering = threading.Thread(target=answer, name="tfgen-cluster-meeting", daemon=True)
+    answering.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        waiting = list(others)
+        while waiting:
+            waiting = [t for t in waiting if not _answers(t[2])]
+            if waiting and time.monotonic() >= deadline:
+                break
+            if waiting:
+                time.sleep(0.2)
+    finally:
+        stop.set()
+        answering.join()
+        listener.close()
+    if waiting:
+        shown = ", ".join(f"{job} {i} ({address})" for job, i, address in waiting)
+        start = " and ".join(f"--worker-index {i}" for job, i, _ in waiting if job == "worker")
+        them = "it" if len(waiting) == 1 else "them"
+        raise RunFailed(f"{file}: runtime.connect_timeout_s: {shown} did not join the cluster "
+                        f"within {timeout_s:g} s (nothing answers at "
+                        f"{'its' if len(waiting) == 1 else 'their'} address); start {them}"
+                        + (f" (tfgen run ... {start})" if start else "")
+                        + f", or raise runtime.connect_timeout_s ({timeout_s:g})")
+
+
+def _answers(address: str) -> bool:
+    """Whether anything accepts a TCP connection at ``host:port`` (``[v6]:port`` too)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _device_name(name: str, file: str) -> str:

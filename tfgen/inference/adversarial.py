@@ -84,6 +84,9 @@ class GANConfig:
 
 @dataclasses.dataclass
 class BiGANConfig(GANConfig):
+    #: keys that size checkpointed state: a resume may not change them (config.fixed_on_resume)
+    fixed_on_resume = ("joint_hidden", "image_features")  # D's (the encoder: a network)
+
     encoder: Component = field(factory=lambda: Component("conv_encoder"), registry="networks",
                                help="E(x) -> z, deterministic (Donahue et al. 2017)")
     joint_hidden: int = field(256, min=1, max=65536, help="width of D's z branch and joint "

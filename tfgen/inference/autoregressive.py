@@ -23,6 +23,10 @@ from tfgen.registry import SCHEMES
 
 @dataclasses.dataclass
 class AutoregressiveConfig(PixelCNNConfig):
+    #: keys that size checkpointed state: a resume may not change them (config.fixed_on_resume)
+    fixed_on_resume = ("levels", "num_resnet", "num_hierarchies", "num_filters",
+                       "num_logistic_mix")
+
     def check(self, cfg):
         if cfg.data.binarize != "none" and self.levels != 2:
             raise ConfigError(cfg.source_file, "inference.levels", "binarized images have 2 "

@@ -56,6 +56,9 @@ def _described(name: str, params, key: str) -> str:
 
 @dataclasses.dataclass
 class EMConfig:
+    #: keys that size checkpointed state: a resume may not change them (config.fixed_on_resume)
+    fixed_on_resume = ("model", "components", "covariance")
+
     model: Literal["ppca", "gmm"] = field("ppca", help="ppca: probabilistic PCA (linear decoder, "
                                                        "learned sigma); gmm: Gaussian mixture "
                                                        "on pixels")

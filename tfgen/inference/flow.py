@@ -40,6 +40,9 @@ SALT_DEQUANTIZE = 21
 
 @dataclasses.dataclass
 class FlowConfig:
+    #: keys that size checkpointed state: a resume may not change them (config.fixed_on_resume)
+    fixed_on_resume = ("coupling_layers", "hidden")
+
     coupling_layers: int = field(8, min=1, max=128, help="affine coupling layers (masks "
                                                          "alternate)")
     hidden: list[int] = field(factory=lambda: [512, 512], min=1, help="widths of each coupling "

@@ -70,6 +70,9 @@ from tfgen.registry import SCHEMES
 
 @dataclasses.dataclass
 class PGAConfig:
+    #: keys that size checkpointed state: a resume may not change them (config.fixed_on_resume)
+    fixed_on_resume = ("particles",)
+
     particles: int = field(10, min=1, max=100000, help="N: particles per training image")
     step_size: float = field(1e-4, gt=0.0, max=1.0, help="h: Langevin step size of eq. (3); "
                                                          "also scales theta's step (2)")
