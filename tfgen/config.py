@@ -282,6 +282,8 @@ class _Parser:
                     self.error(key, "expected an array of tables", raw)
                 return self.items(raw, key, lambda item, item_key: self.component(item, item_key, meta))
             return self.component(raw, key, meta)
+        if tp is Any:  # free-form TOML data (e.g. a layer list), checked by its component's check
+            return raw
         if origin is typing.Union:  # Optional[X]
             inner = [a for a in args if a is not type(None)]
             return self.value(inner[0], raw, key, meta)

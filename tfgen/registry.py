@@ -81,4 +81,4 @@ def load_components() -> None:
     from tfgen.geometry import tasks as geometry_tasks  # noqa: F401
     from tfgen.inference import (adversarial, autoregressive, em, flow, map_latents, pga,  # noqa: F401
                                  svi, vae)
-    from tfgen.models import likelihoods, networks, priors  # noqa: F401
+    from tfgen.models import layer_list, likelihoods, networks, priors  # noqa: F401

@@ -288,7 +288,7 @@ def _no_variable_initialization():
 def _trace(cfg: Config, shape: DataShape, encoder_cfg) -> tuple[Activations, int]:
     import tensorflow as tf
 
-    from tfgen.models.model import build_model
+    from tfgen.models.model import build_model, with_file
     from tfgen.models.networks import build_network
 
     graph = tf.Graph()
@@ -297,7 +297,7 @@ def _trace(cfg: Config, shape: DataShape, encoder_cfg) -> tuple[Activations, int
         encoder = None
         if encoder_cfg is not None:
             encoder = build_network(encoder_cfg, (2 * model.latent_dim,), "inference.encoder")
-            encoder(tf.zeros([1, *shape.image_shape]))
+            with_file(cfg, lambda: encoder(tf.zeros([1, *shape.image_shape])))
         # a scheme whose model is its own density network (flow, autoregressive) says how
         # to build it; its log-density takes the decoder's place
         density = getattr(scheme_class(cfg), "traced_log_prob", None)

@@ -213,7 +213,7 @@ class GAN(Adversarial):
         super().__init__(params, model, data, cfg, generator, strategy)
         self.discriminator = with_file(cfg, lambda: build_network(
             cfg.model.discriminator, (1,), "model.discriminator"))
-        self.discriminator(tf.zeros([1, *data.image_shape]))
+        with_file(cfg, lambda: self.discriminator(tf.zeros([1, *data.image_shape])))
         self.build_optimizers()
 
     def generator_variables(self):
@@ -262,11 +262,12 @@ class BiGAN(Adversarial, AmortizedPosterior, PosteriorEstimates):
         d = model.latent_dim
         self.encoder = with_file(cfg, lambda: build_network(params.encoder, (d,),
                                                             "inference.encoder"))
-        self.encoder(tf.zeros([1, *data.image_shape]))
+        with_file(cfg, lambda: self.encoder(tf.zeros([1, *data.image_shape])))
         image_net = with_file(cfg, lambda: build_network(
             cfg.model.discriminator, (params.image_features,), "model.discriminator"))
         self.discriminator = JointDiscriminator(image_net, params.joint_hidden)
-        self.discriminator((tf.zeros([1, *data.image_shape]), tf.zeros([1, d])))
+        with_file(cfg, lambda: self.discriminator((tf.zeros([1, *data.image_shape]),
+                                                   tf.zeros([1, d]))))
         self.build_optimizers()
 
     def generator_variables(self):

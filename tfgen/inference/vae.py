@@ -44,7 +44,7 @@ class VAE(Scheme, AmortizedPosterior, PosteriorEstimates):
         super().__init__(params, model, data, cfg, generator, strategy)
         d = model.latent_dim
         self.encoder = with_file(cfg, lambda: build_network(params.encoder, (2 * d,), "inference.encoder"))
-        self.encoder(tf.zeros([1, *data.image_shape]))
+        with_file(cfg, lambda: self.encoder(tf.zeros([1, *data.image_shape])))  # builds it
         if model.prior.needs_encoder:  # the VampPrior: a mixture of q at pseudo-inputs
             model.prior.attach_encoder(self.encoder, data.image_shape, data.pixel_range,
                                        split_gaussian_params)

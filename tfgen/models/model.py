@@ -68,7 +68,8 @@ def build_model(cfg: Config, image_shape, pixel_range) -> GenerativeModel:
     out_shape = (*image_shape[:2], likelihood.output_channels())
     with decoder_precision(cfg.runtime.mixed_precision):
         decoder = with_file(cfg, lambda: build_network(cfg.model.decoder, out_shape, "model.decoder"))
-        return GenerativeModel(prior, decoder, likelihood, prior.dim)
+        # the decoder is built here (on z): a `layers` network checks its shapes then
+        return with_file(cfg, lambda: GenerativeModel(prior, decoder, likelihood, prior.dim))
 
 
 @contextlib.contextmanager
