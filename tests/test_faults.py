@@ -1057,8 +1057,8 @@ def test_an_address_space_limit_is_counted_and_named(run_dir, monkeypatch):
     from tfgen import memory
 
     kib = {"MemAvailable": 64 * 2**20, "VmRSS": 512 * 2**10, "VmSize": 3 * 2**20}  # KiB
-    monkeypatch.setattr(resources, "_meminfo_kib", lambda path, key: kib[key])
-    monkeypatch.setattr(resources, "_cgroup_limits", lambda: [])
+    monkeypatch.setattr(memory, "_meminfo_kib", lambda path, key: kib[key])
+    monkeypatch.setattr(memory, "_cgroup_limits", lambda: [])
     real = resource.getrlimit
     limit = (kib["VmSize"] + 64 * 2**10) * 1024  # 64 MiB of address space left
 
