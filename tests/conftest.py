@@ -117,9 +117,8 @@ task = "curves"
 def build_in_memory(raw_config: dict, images: np.ndarray, pixel_range=(0.0, 1.0),
                     labels: np.ndarray | None = None):
     """A scheme on in-memory training images, built by the runner's own ``build``."""
-    from tfgen.config import from_dict
+    from tfgen.assemble import build, from_dict
     from tfgen.data import DataBundle
-    from tfgen.runner import build
 
     cfg = from_dict(raw_config)
     data = DataBundle.in_memory(cfg.data, images, pixel_range, labels)

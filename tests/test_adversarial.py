@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, build_in_memory, run_cli, tiny_config
-from tfgen.config import from_dict
+from tfgen.assemble import from_dict
 from tfgen.distribute import single_replica_batch
 from tfgen.errors import ConfigError
 from tfgen.inference.adversarial_losses import gradient_penalty, wasserstein

@@ -17,7 +17,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import build_in_memory, run_cli, tiny_config
-from tfgen.config import from_dict, to_dict
+from tfgen.assemble import from_dict
+from tfgen.config import to_dict
 from tfgen.data import Split
 from tfgen.errors import ConfigError
 from tfgen.evaluation import completion

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_cli, run_process
-from tfgen.config import apply_overrides, dumps_toml, from_dict, load_config, to_dict
+from tfgen.assemble import from_dict, load_config
+from tfgen.config import apply_overrides, dumps_toml, to_dict
 from tfgen.errors import ConfigError
 
 try:

@@ -15,7 +15,7 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from conftest import REPO, build_in_memory, run_cli
-from tfgen.config import from_dict
+from tfgen.assemble import from_dict
 from tfgen.errors import ConfigError
 from tfgen.models import linear_em
 from tfgen.training import SIGINT_HOOK

@@ -36,7 +36,9 @@ import tensorflow as tf
 from conftest import REPO, blob_images, run_cli, run_process, tiny_config, write_idx
 from tfgen.checkpoints import KILL_HOOK
 from tfgen.training import SIGINT_HOOK
-from tfgen.config import RUN_NAME, Component, dumps_toml, from_dict, load_config, to_dict
+from tfgen.assemble import from_dict, load_config
+from tfgen.config import RUN_NAME, dumps_toml, to_dict
+from tfgen.schema import Component
 from tfgen.errors import ConfigError, ConfigErrors
 
 try:

@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import blob_images, build_in_memory, run_cli, run_process, tiny_config
-from tfgen.config import dumps_toml, from_dict, to_dict
+from tfgen.assemble import from_dict
+from tfgen.config import dumps_toml, to_dict
 from tfgen.models.layer_list import LayerList, Residual
 from tfgen.models.networks import ConvDecoder, ConvEncoder, ResidualDecoder
 from tfgen.resources import DataShape, estimate

@@ -19,7 +19,7 @@ import tensorflow as tf
 from scipy import stats
 
 from conftest import blob_images, build_in_memory
-from tfgen.config import from_dict
+from tfgen.assemble import from_dict
 from tfgen.errors import ConfigError
 from tfgen.evaluation.ais import AISSettings, ais_log_likelihood, sigmoid_schedule
 from tfgen.evaluation.tasks import EvalContext, LogLikelihoodConfig, log_likelihood_task

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfgen.config import from_dict
+from tfgen.assemble import from_dict
 from tfgen.models.model import build_model
 from tfgen.models.networks import MLP, ConvDecoder, ConvEncoder, UpconvDecoder
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from conftest import build_in_memory
-from tfgen.config import from_dict
+from tfgen.assemble import from_dict
 from tfgen.distribute import single_replica_batch
 from tfgen.errors import ConfigError
 from tfgen.models.pixelcnn import PixelCNNConfig, build_pixelcnn

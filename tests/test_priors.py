@@ -10,7 +10,8 @@ from scipy import stats
 from scipy.special import logsumexp
 
 from conftest import build_in_memory
-from tfgen.config import Component, from_dict
+from tfgen.assemble import from_dict
+from tfgen.schema import Component
 from tfgen.errors import ConfigError
 from tfgen.models.priors import (GaussianMixtureConfig, GaussianMixturePrior, RealNVPConfig,
                                  RealNVPPrior)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import blob_images, run_cli, tiny_config
-from tfgen.config import DataConfig, from_dict
+from tfgen.assemble import from_dict
+from tfgen.config import DataConfig
 from tfgen.data import DataBundle, Split
 from tfgen.errors import ConfigError
 from tfgen.evaluation import distances, samplers

@@ -19,7 +19,7 @@ import tensorflow as tf
 from scipy import stats
 
 from conftest import build_in_memory, run_cli
-from tfgen.config import from_dict
+from tfgen.assemble import from_dict
 from tfgen.errors import ConfigError
 from tfgen.distribute import SALT_REPARAMETERIZE, single_replica_batch, step_seed
 

@@ -137,7 +137,7 @@ def validate(
 ) -> None:
     """Check experiment files without running them: every error of every file, one line each
     (exit 2 if any file is bad)."""
-    from tfgen.config import load_config
+    from tfgen.assemble import load_config
     from tfgen.errors import TfgenError
 
     failed = False
@@ -296,14 +296,13 @@ def list_(
     keys: bool = typer.Option(True, "--keys/--no-keys", help="Show each entry's config keys."),
 ) -> None:
     """Show what each registry offers, with each entry's config keys and defaults."""
+    from tfgen.assemble import CATALOG
     from tfgen.config import describe_fields
-    from tfgen.registry import ALL, load_components
 
-    load_components()
-    if kind is not None and kind not in ALL:
-        typer.echo(f"error: unknown registry {kind!r}; allowed: {', '.join(ALL)}", err=True)
+    if kind is not None and kind not in CATALOG:
+        typer.echo(f"error: unknown registry {kind!r}; allowed: {', '.join(CATALOG)}", err=True)
         raise typer.Exit(2)
-    for name, registry in ALL.items():
+    for name, registry in CATALOG.items():
         if kind and name != kind:
             continue
         typer.echo(f"{name}:")

@@ -1,26 +1,26 @@
 """The experiment config: TOML -> typed, validated dataclasses, once, at the edge.
 
-``load_config`` reads a TOML file, applies ``--set`` overrides, and converts
-the result into :class:`Config`.  Everything downstream receives these typed
-objects, never raw dicts.  Sections that name a registry entry
-(``[model.likelihood] name = "beta"``, ``[inference] scheme = "vae"``,
-``[[evaluate]] task = "samples"``) are validated against the config dataclass
-that the entry registered, so a new component brings its own keys.
+:func:`from_dict` converts a TOML file's tables into :class:`Config`; everything downstream
+receives these typed objects, never raw dicts.  Sections that name a registry entry
+(``[model.likelihood] name = "beta"``, ``[inference] scheme = "vae"``, ``[[evaluate]] task =
+"samples"``) are validated against the config dataclass that the entry registered, so a new
+component brings its own keys.  The parser looks the entries up in the ``catalog`` it is
+given (registry kind -> registry, e.g. ``"networks"`` -> the networks): it imports no
+component, registry or scheme.  Loading the components, a scheme's default evaluations and
+the checks that span sections are :mod:`tfgen.assemble`'s, which passes the catalog.
 
 A config is data: nothing in it is imported or evaluated as code.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import difflib
-import functools
 import math
 import re
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,36 +28,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from tfgen.errors import ConfigError
-from tfgen.registry import ALL, load_components
+from tfgen.schema import Component, Empty, field
 
-
-def field(default: Any = dataclasses.MISSING, *, help: str = "", min: float | None = None,
-          max: float | None = None, gt: float | None = None, factory: Any = None,
-          registry: str | None = None, name_key: str = "name",
-          pattern: tuple[str, str, str] | None = None):
-    """A dataclass field with validation metadata (range, registry, a string's pattern).
-
-    ``pattern`` is (regular expression the whole string must match, the error message
-    when it does not, the allowed strings in words).
-    """
-    meta = {"help": help, "min": min, "max": max, "gt": gt,
-            "registry": registry, "name_key": name_key, "pattern": pattern}
-    if factory is not None:
-        return dataclasses.field(default_factory=factory, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
-
-
-@dataclasses.dataclass
-class Component:
-    """A registry entry chosen in the TOML (``name``) and its own typed params."""
-
-    name: str
-    params: Any = None
-
-
-@dataclasses.dataclass
-class Empty:
-    """Config of a component that takes no keys."""
+#: registry kind (a field's ``registry``: "likelihoods", "networks", "priors", "schemes",
+#: "evaluations") -> the registry of its entries (:class:`tfgen.registry.Registry`)
+Catalog = Mapping[str, Any]
 
 
 # --------------------------------------------------------------------------- sections
@@ -212,8 +187,9 @@ class _Parser:
     anything uses the half-built config.
     """
 
-    def __init__(self, file: str):
+    def __init__(self, file: str, catalog: Catalog):
         self.file = file
+        self.catalog = catalog
         self.errors: list[ConfigError] = []
 
     def error(self, key: str, message: str, given: Any = ..., allowed: str | None = None):
@@ -350,7 +326,7 @@ class _Parser:
             self.error(key, pattern[1], raw, pattern[2])
 
     def component(self, raw: Any, key: str, meta: Any) -> Component:
-        registry = ALL[meta["registry"]]
+        registry = self.catalog[meta["registry"]]
         name_key = meta["name_key"]
         if isinstance(raw, Component):  # a default
             raw = {name_key: raw.name}
@@ -457,36 +433,27 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(str(path), None, f"TOML syntax error: {err}") from None
 
 
-def from_dict(raw: dict, file: str = "<config>") -> Config:
-    load_components()
-    raw = dict(raw)
-    parser = _Parser(file)
-    cfg = parser.dataclass(Config, raw, "")
-    parser.raise_errors()  # every key's error at once; the checks below need a typed config
+def from_dict(raw: dict, file: str, catalog: Catalog) -> Config:
+    """The typed config of the tables ``raw`` (read from ``file``), its component sections
+    validated against the entries of ``catalog``; every key's error at once."""
+    parser = _Parser(file, catalog)
+    cfg = parser.dataclass(Config, dict(raw), "")
+    parser.raise_errors()
     cfg.source_file = file
-    if "evaluate" not in raw:
-        # each scheme names its own defaults (task names or tables)
-        from tfgen.inference.capabilities import scheme_class
-
-        defaults = scheme_class(cfg).default_evaluations
-        cfg.evaluate = [parser.component(dict(t) if isinstance(t, dict) else {"task": t},
-                                         f"evaluate[{i}]",
-                                         {"registry": "evaluations", "name_key": "task"})
-                        for i, t in enumerate(defaults)]
-        parser.raise_errors()
-    _cross_check(cfg)
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config in ``path`` with ``overrides`` applied; an error in a key an override set
-    names the command line (``exp.toml: --set train.epochs: ...``), the others the file."""
-    raw = read_toml(path)
-    apply_overrides(raw, list(overrides))
-    try:
-        return from_dict(raw, str(path))
-    except ConfigError as err:
-        raise blame_overrides(err, overrides, str(path)) from None
+def evaluations_from(tasks: list | tuple, file: str, catalog: Catalog) -> list[Component]:
+    """``tasks`` (tables, or task names for a task with its defaults) parsed as the
+    ``evaluate`` key is: a scheme's default evaluations, for a config without one."""
+    parser = _Parser(file, catalog)
+    evaluate = next(f for f in dataclasses.fields(Config) if f.name == "evaluate")
+    tables = [dict(t) if isinstance(t, dict) else {evaluate.metadata["name_key"]: t}
+              for t in tasks]
+    parsed = parser.value(typing.get_type_hints(Config)["evaluate"], tables, "evaluate",
+                          evaluate.metadata)
+    parser.raise_errors()
+    return parsed
 
 
 def override_keys(overrides: list[str] | tuple[str, ...]) -> list[str]:
@@ -556,31 +523,7 @@ def fixed_on_resume(cfg: Config) -> list[str]:
     return keys
 
 
-def load_resumed(path: str | Path, overrides: list[str] | tuple[str, ...],
-                 where: str) -> tuple[Config, Config]:
-    """(the run's config, the config with ``overrides``) of the run being resumed whose
-    config.toml is ``path``.
-
-    The run's own errors name its file.  A change to a key its checkpoint was trained with
-    (:func:`fixed_on_resume`) is refused before the changed config is parsed -- so it is
-    named as the change it is, not as what it breaks (another scheme's unknown keys) --
-    and again after (a table replaced by ``--set`` that drops a key to another default).
-    Errors of the changed config can only come from the overrides: they name ``--set`` and
-    ``where`` (the run directory)."""
-    raw = read_toml(path)
-    run_cfg = from_dict(copy.deepcopy(raw), str(path))
-    fixed = fixed_on_resume(run_cfg)
-    changed = apply_overrides(copy.deepcopy(raw), list(overrides))
-    _refuse_changes(raw, changed, fixed, where, known_only=True)
-    try:
-        cfg = from_dict(changed, str(path))
-    except ConfigError as err:
-        raise blame_overrides(err, overrides, where, every=True) from None
-    _refuse_changes(to_dict(run_cfg), to_dict(cfg), fixed, where)
-    return run_cfg, cfg
-
-
-def _refuse_changes(before: dict, after: dict, fixed: list[str], where: str,
+def refuse_changes(before: dict, after: dict, fixed: list[str], where: str,
                     known_only: bool = False) -> None:
     """A ConfigError with a line per value under a ``fixed`` key that differs between the
     raw configs ``before`` and ``after``; ``known_only``: only keys ``before`` has (an
@@ -619,72 +562,6 @@ def _leaves(raw: Any, path: str) -> dict[str, Any]:
     for key, value in raw.items():
         out.update(_leaves(value, _join(path, key)))
     return out
-
-
-def _check_runtime_lists(cfg: Config) -> None:
-    """A device or worker listed twice would be two replicas on one device, or two workers
-    waiting for each other on one address; workers under another strategy would be ignored
-    (the run would train on this machine alone while its config lists a cluster)."""
-    if cfg.runtime.workers and cfg.runtime.strategy != "multi_worker":
-        raise ConfigError(cfg.source_file, "runtime.workers", f"lists a cluster, but "
-                          f"runtime.strategy = {cfg.runtime.strategy!r} trains on this machine "
-                          f"alone", cfg.runtime.workers, "workers only with runtime.strategy = "
-                          "\"multi_worker\" (else workers = [])")
-    for key in ("devices", "workers"):
-        values = getattr(cfg.runtime, key)
-        repeated = sorted({v for v in values if values.count(v) > 1})
-        if repeated:
-            raise ConfigError(cfg.source_file, f"runtime.{key}", "lists the same entry twice",
-                              repeated[0], "each entry once")
-
-
-def _cross_check(cfg: Config) -> None:
-    """Checks that span sections; each component may add its own ``check(cfg)``, and the
-    scheme class its ``check_config(cfg)``.  The checks are independent: all of them run,
-    and their errors are raised together."""
-    from tfgen.inference.capabilities import scheme_class
-
-    checks = [scheme_class(cfg).check_config, _check_runtime_lists]
-    for comp in [cfg.model.prior, cfg.model.likelihood, cfg.inference]:
-        check = getattr(comp.params, "check", None)
-        if check is not None:
-            checks.append(check)
-    for i, task in enumerate(cfg.evaluate):
-        check = getattr(task.params, "check", None)
-        if check is not None:
-            checks.append(functools.partial(_task_check, check, i))
-    # A network's config is used in several places (decoder, encoder, discriminator), so its
-    # check is told the key path it sits at.
-    for section, owner in [("model", cfg.model), ("inference", cfg.inference.params)]:
-        for sub in dataclasses.fields(owner):
-            value = getattr(owner, sub.name)
-            if (isinstance(value, Component) and sub.metadata.get("registry") == "networks"
-                    and hasattr(value.params, "check")):
-                checks.append(functools.partial(value.params.check,
-                                                key=f"{section}.{sub.name}"))
-    errors = []
-    for check in checks:
-        try:
-            check(cfg)
-        except ConfigError as err:
-            errors.append(err)
-    if errors:
-        raise ConfigError.combine(errors)
-
-
-def _task_check(check: Any, i: int, cfg: Config) -> None:
-    """A task's ``check``, its errors at ``evaluate[i]``: a task's config does not know its
-    place in the list, so its checks name the table ``evaluate`` (or ``evaluate.<key>``)."""
-    try:
-        check(cfg)
-    except ConfigError as err:
-        errors = []
-        for e in getattr(err, "errors", [err]):
-            key = e.key
-            if key == "evaluate" or (key or "").startswith("evaluate."):
-                key = f"evaluate[{i}]{key[len('evaluate'):]}"
-            errors.append(ConfigError(e.file, key, e.message, e.given, e.allowed))
-        raise ConfigError.combine(errors) from None
 
 
 # --------------------------------------------------------------------------- writing

@@ -5,6 +5,10 @@ evaluation task) is a registry entry added with a decorator and looked up by
 the name written in the TOML file.  Each entry carries its own typed config
 dataclass, so the config layer can validate a section against the entry it
 names without knowing anything else about it.
+
+The ground floor: it imports nothing of tfgen's, so a component module registers itself
+without importing anything above it.  The registries fill as the component modules are
+imported; :mod:`tfgen.assemble` imports them all.
 """
 from __future__ import annotations
 
@@ -51,6 +55,14 @@ class Registry(Generic[T]):
     def get(self, name: str) -> Entry[T]:
         return self._entries[name]
 
+    def factory_for(self, component: Any) -> T:
+        """The factory that builds ``component`` (a :class:`tfgen.schema.Component` of this
+        registry).  An entry with variants that differ in what they can do (``em``: PPCA or a
+        Gaussian mixture) picks one from the component's params with its ``resolve(params)``."""
+        factory = self.get(component.name).factory
+        resolve = getattr(factory, "resolve", None)
+        return resolve(component.params) if resolve is not None else factory
+
     def suggestion(self, name: str) -> str | None:
         close = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.5)
         return close[0] if close else None
@@ -73,12 +85,3 @@ ALL = {
     "evaluations": EVALUATIONS,
 }
 
-
-def load_components() -> None:
-    """Import the modules whose decorators fill the registries."""
-    from tfgen.evaluation import completion, interpolation, latent_space, tasks  # noqa: F401
-    from tfgen.evaluation import quality  # noqa: F401  (sample_quality, feature_classifier)
-    from tfgen.geometry import tasks as geometry_tasks  # noqa: F401
-    from tfgen.inference import (adversarial, autoregressive, em, flow, map_latents, pga,  # noqa: F401
-                                 svi, vae)
-    from tfgen.models import layer_list, likelihoods, networks, priors  # noqa: F401

@@ -44,10 +44,12 @@ import dataclasses
 import logging
 import math
 
-from tfgen.config import Component, Config
+from tfgen.config import Config
 from tfgen.errors import ResourceError
-from tfgen.inference.capabilities import AmortizedPosterior, PerDatapointLatents, scheme_class
+from tfgen.inference.capabilities import AmortizedPosterior, PerDatapointLatents
 from tfgen.memory import FLOAT, available_memory, format_bytes
+from tfgen.registry import SCHEMES
+from tfgen.schema import Component
 
 #: peak RSS of a tiny run (2-d latents, MLPs, 128 images), measured: Python, TensorFlow and
 #: its runtime, tf.data, the compiled steps
@@ -147,7 +149,7 @@ def estimate(cfg: Config, shape: DataShape, activations: Activations | None = No
     from tfgen.runtime import resolve_compile
 
     act = activations or trace_activations(cfg, shape)
-    scheme = scheme_class(cfg)
+    scheme = SCHEMES.factory_for(cfg.inference)
     params = cfg.inference.params
     particles = int(getattr(params, "particles", 0) or 0)
     mc = int(getattr(params, "mc_samples", 1) or 1)
@@ -300,7 +302,7 @@ def _trace(cfg: Config, shape: DataShape, encoder_cfg) -> tuple[Activations, int
             with_file(cfg, lambda: encoder(tf.zeros([1, *shape.image_shape])))
         # a scheme whose model is its own density network (flow, autoregressive) says how
         # to build it; its log-density takes the decoder's place
-        density = getattr(scheme_class(cfg), "traced_log_prob", None)
+        density = getattr(SCHEMES.factory_for(cfg.inference), "traced_log_prob", None)
         log_prob = density(cfg.inference.params, shape.image_shape) if density else None
         sizes = {}
         for n in (1, 2):

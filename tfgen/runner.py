@@ -15,13 +15,11 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from tfgen import resources, runlock, runtime, storage
-from tfgen.config import (Config, apply_overrides, from_dict, load_config, load_resumed,
-                          read_toml, to_dict)
+from tfgen.assemble import build, from_dict, load_config, load_resumed
+from tfgen.config import Config, apply_overrides, read_toml, to_dict
 from tfgen.data import DataBundle, load_data
 from tfgen.errors import CheckpointError, ConfigError, RunFailed, StorageError, TfgenError
 from tfgen.evaluation.tasks import EvalContext
-from tfgen.inference.capabilities import scheme_class
-from tfgen.models.model import build_model
 from tfgen.registry import EVALUATIONS
 from tfgen.rundir import (CONFIG_NAME, create_run_dir, open_run_dir, write_config, write_metrics,
                           write_run_info)
@@ -49,30 +47,6 @@ def _holding_until_return(function):
 def _hold(context):
     """Enter ``context`` until the :func:`_holding_until_return` function running returns."""
     return _held.get().enter_context(context)
-
-
-def build(cfg: Config, data: DataBundle | None = None,
-          strategy: tf.distribute.Strategy | None = None):
-    """Everything that can fail on bad input happens here, before a run directory exists.
-
-    ``data`` replaces the configured data set (tests and benchmarks pass in-memory images);
-    ``strategy`` is the one :func:`tfgen.runtime.configure` made (made here if not given);
-    returns (data, scheme, generator).
-    """
-    if strategy is None:
-        strategy = runtime.configure(cfg.runtime, cfg.source_file)
-    generator = runtime.apply_seed(cfg.experiment.seed)
-    if data is None:
-        data = load_data(cfg.data, cfg.experiment.seed, cfg.source_file)
-    for task in cfg.evaluate:  # checks that need the images' size (e.g. a mask file's)
-        check_data = getattr(task.params, "check_data", None)
-        if check_data is not None:
-            check_data(cfg, data)
-    with strategy.scope():
-        model = build_model(cfg, data.image_shape, data.pixel_range)
-        scheme_cls = scheme_class(cfg)
-        scheme = scheme_cls(cfg.inference.params, model, data, cfg, generator, strategy)
-    return data, scheme, generator
 
 
 @_holding_until_return

@@ -59,10 +59,9 @@ def child(kind: str, runtime: dict, args) -> dict:
     import tensorflow as tf
 
     from tfgen import runtime as rt
-    from tfgen.config import from_dict
+    from tfgen.assemble import build, from_dict
     from tfgen.data import DataBundle, train_dataset
     from tfgen.execution import StepExecutor
-    from tfgen.runner import build
 
     cfg = from_dict(config(kind, runtime, args))
     strategy = rt.configure(cfg.runtime, "<bench>")

@@ -37,12 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import tensorflow as tf
 
-from tfgen.config import from_dict
+from tfgen.assemble import build, from_dict
 from tfgen.data import DataBundle
 from tfgen.geometry import curves
 from tfgen.geometry.geodesics import GeodesicSolver
 from tfgen.geometry.metric import ExpectedMetric, decoder_embedding, log_magnification, metric_at
-from tfgen.runner import build
 
 
 def make_model(latent_dim: int):

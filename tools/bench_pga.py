@@ -37,10 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import tensorflow as tf
 
-from tfgen.config import from_dict
+from tfgen.assemble import build, from_dict
 from tfgen.data import DataBundle
 from tfgen.distribute import single_replica_batch
-from tfgen.runner import build
 from tfgen.runtime import compile_step
 
 #: the published PyTorch code (ParEM parem/pga.py) on this kind of machine, seconds per step

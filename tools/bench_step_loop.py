@@ -27,10 +27,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import tensorflow as tf
 
-from tfgen.config import from_dict
+from tfgen.assemble import build, from_dict
 from tfgen.data import DataBundle, train_dataset
 from tfgen.execution import StepExecutor
-from tfgen.runner import build
 
 
 def make(args):

@@ -20,9 +20,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras as keras
 
-from tfgen.config import from_dict
+from tfgen.assemble import build, from_dict
 from tfgen.data import DataBundle
-from tfgen.runner import build
 
 tfd = tfp.distributions
 

@@ -37,7 +37,7 @@ class DataBundle:
     def in_memory(cls, config: DataConfig, images: np.ndarray, pixel_range=(0.0, 1.0),
                   labels: np.ndarray | None = None, description: str = "in memory") -> "DataBundle":
         """A training split of ready-made float images [N, H, W, C] in ``pixel_range`` (for tests
-        and benchmarks, which then build through ``runner.build(cfg, data)``)."""
+        and benchmarks, which then build through ``assemble.build(cfg, data)``)."""
         labels = np.full(len(images), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
         split = Split(np.asarray(images, np.float32), labels)
         return cls(split, None, None, tuple(int(s) for s in images.shape[1:]), tuple(pixel_range),

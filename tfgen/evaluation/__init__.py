@@ -1,1 +1,1 @@
-"""Evaluation tasks (``registry.load_components`` imports them), metrics, figures, samplers."""
+"""Evaluation tasks (``tfgen.assemble`` imports them), metrics, figures, samplers."""

@@ -43,9 +43,10 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfgen.config import DataConfig, field
+from tfgen.config import DataConfig
 from tfgen.data import DataBundle, Split, load_data
 from tfgen.errors import ConfigError, TfgenError
+from tfgen.schema import field
 
 RECIPE_VERSION = 2  # 2: dynamically binarized data are binarized for training too
 ARCHITECTURE = ("conv3x3-32-relu, maxpool2, conv3x3-64-relu, maxpool2, flatten, "

@@ -39,7 +39,6 @@ from typing import ClassVar, Literal, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tfgen.config import field
 from tfgen.errors import ConfigError
 from tfgen.evaluation import figures
 from tfgen.evaluation.tasks import EvalContext, SplitName, task_key
@@ -47,6 +46,7 @@ from tfgen.inference.capabilities import AmortizedPosterior
 from tfgen.inference.fitting import FitConfig, FitResult, LatentFitter
 from tfgen.inference.latents import LatentOptimizerConfig
 from tfgen.registry import EVALUATIONS
+from tfgen.schema import field
 
 MaskKind = Literal["center", "left_half", "right_half", "top_half", "bottom_half", "random", "file"]
 Fill = Literal["mean", "sample"]

@@ -33,7 +33,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfgen.config import field
 from tfgen.errors import ConfigError, TfgenError
 from tfgen.evaluation import figures
 from tfgen.evaluation.latent_space import (Source, SourceSplit, check_source, latent_dim,
@@ -41,6 +40,7 @@ from tfgen.evaluation.latent_space import (Source, SourceSplit, check_source, la
 from tfgen.evaluation.tasks import EvalContext, task_key
 from tfgen.inference.capabilities import DecoderLikelihood, require
 from tfgen.registry import EVALUATIONS
+from tfgen.schema import field
 
 tfd = tfp.distributions
 

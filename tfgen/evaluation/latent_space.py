@@ -38,7 +38,7 @@ from typing import ClassVar, Literal, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tfgen.config import Config, field
+from tfgen.config import Config
 from tfgen.data import Split
 from tfgen.errors import ConfigError
 from tfgen.evaluation import figures
@@ -46,6 +46,7 @@ from tfgen.evaluation.tasks import EvalContext, task_key
 from tfgen.inference.capabilities import (AmortizedPosterior, PerDatapointLatents, Posterior,
                                           has, require)
 from tfgen.registry import EVALUATIONS
+from tfgen.schema import field
 
 Source = Literal["auto", "encoder", "posterior", "latents"]
 SourceSplit = Literal["auto", "train", "val", "test"]

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-from tfgen.config import Config, field
+from tfgen.config import Config
 from tfgen.errors import ConfigError
 from tfgen.evaluation import distances, figures, inception
 from tfgen.evaluation.classifier import ClassifierConfig, load_or_train
@@ -38,6 +38,7 @@ from tfgen.evaluation.tasks import EvalContext, SplitName, task_key
 from tfgen.inference.capabilities import DecoderLikelihood, ImageSampler, has, require
 from tfgen.registry import EVALUATIONS
 from tfgen.runtime import compile_step
+from tfgen.schema import field
 
 Features = Literal["classifier", "inception"]
 

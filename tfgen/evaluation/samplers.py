@@ -33,9 +33,9 @@ from typing import Literal, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tfgen.config import field
 from tfgen.inference.capabilities import (LatentSampler, PerDatapointLatents, TrainingLatents,
                                           require)
+from tfgen.schema import field
 
 
 Sampler = Literal["prior", "particle_gaussian", "gmm"]

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-from tfgen.config import Config, field
+from tfgen.config import Config
 from tfgen.data import DataBundle, Split
 from tfgen.errors import ConfigError
 from tfgen.evaluation import figures
@@ -22,6 +22,7 @@ from tfgen.inference.capabilities import (ExactLogLikelihood, ImageSampler, LogL
 from tfgen.inference.proposals import Proposal
 from tfgen.registry import EVALUATIONS
 from tfgen.runtime import compile_step
+from tfgen.schema import field
 
 SplitName = Literal["train", "val", "test"]
 

@@ -40,11 +40,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfgen.config import field
 from tfgen.geometry.clustering import kmeans
 from tfgen.models.likelihoods import Likelihood
 from tfgen.models.model import GenerativeModel
 from tfgen.runtime import compile_step
+from tfgen.schema import field
 
 tfd = tfp.distributions
 

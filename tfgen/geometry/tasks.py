@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-from tfgen.config import Config, field
+from tfgen.config import Config
 from tfgen.errors import ConfigError
 from tfgen.evaluation import figures
 from tfgen.evaluation.metrics import mean_log_likelihood
@@ -40,6 +40,7 @@ from tfgen.inference.capabilities import (AmortizedPosterior, DecoderLikelihood,
                                           PerDatapointLatents, Posterior, has, require)
 from tfgen.registry import EVALUATIONS
 from tfgen.runtime import compile_step
+from tfgen.schema import field
 
 LatentSource = Literal["auto", "posterior", "cloud"]
 Variance = Literal["standard", "rbf_precision"]

@@ -1,2 +1,2 @@
-"""Inference schemes, one module each (``registry.load_components`` imports them), and the
+"""Inference schemes, one module each (``tfgen.assemble`` imports them), and the
 pieces they share: capabilities, per-datapoint latents, kernels, test-time fitting."""

@@ -38,7 +38,6 @@ from typing import Literal
 import tensorflow as tf
 import tf_keras as keras
 
-from tfgen.config import Component, field
 from tfgen.distribute import ReplicaBatch, transform_noise
 from tfgen.errors import ConfigError
 from tfgen.inference.adversarial_losses import LOSSES, gradient_penalty
@@ -48,6 +47,7 @@ from tfgen.inference.elbo import gaussian_posterior_from_scale
 from tfgen.models.model import with_file
 from tfgen.models.networks import build_network
 from tfgen.registry import SCHEMES
+from tfgen.schema import Component, field
 
 SALT_Z_DISCRIMINATOR = 11
 SALT_Z_GENERATOR = 12

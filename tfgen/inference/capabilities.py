@@ -25,6 +25,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tfgen.errors import ConfigError
+from tfgen.registry import SCHEMES
 
 
 class Capability:
@@ -127,21 +128,9 @@ class TrainingLatents(Capability, metaclass=AnyOf):
     members = (PerDatapointLatents, AmortizedPosterior)
 
 
-def scheme_class(cfg):
-    """The class that implements the config's scheme (a scheme whose capabilities depend on
-    its settings, e.g. ``em`` for ppca or gmm, picks it with ``resolve(params)``)."""
-    from tfgen.registry import SCHEMES
-
-    factory = SCHEMES.get(cfg.inference.name).factory
-    resolve = getattr(factory, "resolve", None)
-    return resolve(cfg.inference.params) if resolve is not None else factory
-
-
 def schemes_with(capability: type[Capability]) -> list[str]:
     """Registered schemes that implement a capability (for error messages; a scheme with
     variants names the variants that do, e.g. "em (model = 'gmm')")."""
-    from tfgen.registry import SCHEMES
-
     names = []
     for e in SCHEMES.entries():
         variants = getattr(e.factory, "variants", None)
@@ -154,7 +143,7 @@ def schemes_with(capability: type[Capability]) -> list[str]:
 
 
 def has(cfg, capability: type[Capability]) -> bool:
-    return issubclass(scheme_class(cfg), capability)
+    return issubclass(SCHEMES.factory_for(cfg.inference), capability)
 
 
 def require(cfg, capability: type[Capability], key: str, needed_by: str, given=...,

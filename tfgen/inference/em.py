@@ -37,12 +37,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfgen.config import field
 from tfgen.errors import ConfigError
 from tfgen.inference.base import PosteriorEstimates, Scheme
 from tfgen.inference.capabilities import AmortizedPosterior, ExactLogLikelihood, ImageSampler
 from tfgen.models import linear_em
 from tfgen.registry import SCHEMES
+from tfgen.schema import field
 
 tfd = tfp.distributions
 LOG_2PI = math.log(2.0 * math.pi)

@@ -37,7 +37,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfgen.config import field
 from tfgen.evaluation.samplers import Sampler, check_sampler, sample_latents
 from tfgen.inference import kernels
 from tfgen.inference.base import PosteriorEstimates
@@ -45,6 +44,7 @@ from tfgen.inference.capabilities import AmortizedPosterior, DecoderLikelihood, 
 from tfgen.inference.elbo import gaussian_posterior_from_scale
 from tfgen.inference.latents import LatentOptimizerConfig, RowOptimizer
 from tfgen.runtime import compile_step
+from tfgen.schema import field
 
 tfd = tfp.distributions
 

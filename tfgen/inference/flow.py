@@ -27,12 +27,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfgen.config import field
 from tfgen.errors import ConfigError
 from tfgen.inference.base import MaximumLikelihood
 from tfgen.inference.capabilities import ImageSampler
 from tfgen.models.priors import realnvp_bijector
 from tfgen.registry import SCHEMES
+from tfgen.schema import field
 
 tfd = tfp.distributions
 SALT_DEQUANTIZE = 21

@@ -16,9 +16,9 @@ from typing import Literal
 
 import tensorflow as tf
 
-from tfgen.config import field
 from tfgen.distribute import ReplicaLayout, ShardedRows
 from tfgen.inference import kernels
+from tfgen.schema import field
 
 
 @dataclasses.dataclass

@@ -35,10 +35,10 @@ import dataclasses
 
 import tensorflow as tf
 
-from tfgen.config import field
 from tfgen.data import Split
 from tfgen.inference.per_datapoint import PerDatapointConfig, PerDatapointScheme
 from tfgen.registry import SCHEMES
+from tfgen.schema import field
 
 
 @dataclasses.dataclass

@@ -58,13 +58,13 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tfgen.config import field
 from tfgen.distribute import ReplicaBatch, transform_noise
 from tfgen.inference import kernels
 from tfgen.inference.base import Scheme, make_optimizer, scaled_gradients, with_loss_scaling
 from tfgen.inference.capabilities import PerDatapointLatents
 from tfgen.inference.fitting import FitConfig, FittedPosterior, LatentFitter, check_posterior_fit
 from tfgen.inference.latents import LatentOptimizerConfig, LatentTable
+from tfgen.schema import field
 
 
 def default_posterior_fit() -> FitConfig:

@@ -56,7 +56,6 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from tfgen.config import field
 from tfgen.distribute import (SALT_LANGEVIN, SALT_TRANSFORM_ROWS, ReplicaBatch, ShardedRows,
                               fold_seed, transform_noise)
 from tfgen.inference import kernels
@@ -66,6 +65,7 @@ from tfgen.inference.fitting import (FitConfig, FittedPosterior, check_posterior
                                      posterior_fit_field)
 from tfgen.inference.latents import LatentTable
 from tfgen.registry import SCHEMES
+from tfgen.schema import field
 
 
 @dataclasses.dataclass

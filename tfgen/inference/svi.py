@@ -42,12 +42,12 @@ import dataclasses
 
 import tensorflow as tf
 
-from tfgen.config import field
 from tfgen.distribute import SALT_REPARAMETERIZE
 from tfgen.data import Split
 from tfgen.inference.elbo import elbo_terms, gaussian_posterior
 from tfgen.inference.per_datapoint import PerDatapointConfig, PerDatapointScheme
 from tfgen.registry import SCHEMES
+from tfgen.schema import field
 
 
 @dataclasses.dataclass

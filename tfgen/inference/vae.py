@@ -12,7 +12,6 @@ import dataclasses
 
 import tensorflow as tf
 
-from tfgen.config import Component, field
 from tfgen.data import Split
 from tfgen.distribute import SALT_REPARAMETERIZE, transform_noise
 from tfgen.evaluation.metrics import mean_elbo
@@ -23,6 +22,7 @@ from tfgen.inference.elbo import elbo_terms, gaussian_posterior, split_gaussian_
 from tfgen.models.model import with_file
 from tfgen.models.networks import build_network
 from tfgen.registry import SCHEMES
+from tfgen.schema import Component, field
 
 
 @dataclasses.dataclass

@@ -51,10 +51,10 @@ from typing import Any, Literal
 import tensorflow as tf
 import tf_keras as keras
 
-from tfgen.config import field
 from tfgen.errors import ConfigError
 from tfgen.models.networks import Network
 from tfgen.registry import NETWORKS
+from tfgen.schema import field
 
 #: the keys of the two blocks (besides ``type``)
 BLOCKS = {"residual": ("layers",), "repeat": ("times", "layers")}

@@ -19,10 +19,10 @@ from typing import Literal
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfgen.config import field
 from tfgen.errors import ConfigError
 from tfgen.models.pixelcnn import PixelCNNConfig, build_pixelcnn, int_seed, levels_of
 from tfgen.registry import LIKELIHOODS
+from tfgen.schema import field
 
 tfd = tfp.distributions
 

@@ -14,9 +14,9 @@ from typing import Literal
 import tensorflow as tf
 import tf_keras as keras
 
-from tfgen.config import field
 from tfgen.errors import ConfigError
 from tfgen.registry import NETWORKS
+from tfgen.schema import field
 
 Activation = Literal["relu", "gelu", "elu", "leaky_relu", "tanh", "sigmoid", "swish", "softplus"]
 

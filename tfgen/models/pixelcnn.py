@@ -21,7 +21,7 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfgen.config import field
+from tfgen.schema import field
 
 tfd = tfp.distributions
 

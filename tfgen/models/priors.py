@@ -22,8 +22,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras as keras
 
-from tfgen.config import field
 from tfgen.registry import PRIORS
+from tfgen.schema import field
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -34,7 +34,8 @@ class Prior(tf.Module):
     closed form), and the tf.Module's trainable variables."""
 
     analytic_kl = False
-    #: needs the scheme's amortized encoder (attach_encoder before use)
+    #: needs the scheme's amortized encoder (attach_encoder before use); such a prior says
+    #: what it is (``described_as``) and what to use instead (``instead_without_encoder``)
     needs_encoder = False
 
     def __init__(self, dim: int, name: str):
@@ -173,13 +174,6 @@ class VampConfig:
                                        "the data's pixel range (clipped to it)")
     init_std: float = field(0.01, min=0.0, help="spread of the initial pseudo-inputs")
 
-    def check(self, cfg):
-        from tfgen.inference.capabilities import AmortizedPosterior, require
-
-        require(cfg, AmortizedPosterior, "model.prior.name", "the VampPrior (a mixture of the "
-                "encoder's posteriors at pseudo-inputs)", given="vamp",
-                alternative="model.prior.name = 'gaussian_mixture' or 'realnvp'")
-
 
 @PRIORS.register("vamp", config=VampConfig)
 class VampPrior(Prior):
@@ -188,6 +182,10 @@ class VampPrior(Prior):
     its encoder (they have the images' shape); they are trained with theta and phi."""
 
     needs_encoder = True
+    #: what it is and what to use instead, for a config whose scheme has no encoder (the
+    #: check is tfgen.assemble's, where priors and schemes meet)
+    described_as = "the VampPrior (a mixture of the encoder's posteriors at pseudo-inputs)"
+    instead_without_encoder = "model.prior.name = 'gaussian_mixture' or 'realnvp'"
 
     def __init__(self, config: VampConfig):
         super().__init__(config.dim, "vamp")
