@@ -109,3 +109,15 @@ class RunFailed(TfgenError):
     failed and the run directory."""
 
     exit_code = 1
+
+
+class Interrupted(TfgenError):
+    """A signal (Ctrl-C, SIGTERM, SIGUSR1) stopped the command; the message says what was kept
+    and how to continue.  The exit code is the shell's for a process the signal ended, 128 +
+    its number (tfgen.signals).  ``at_once``: stopped where it was (a second signal, or one
+    during evaluation), not at a point of its choosing."""
+
+    def __init__(self, message: str, signum: int, at_once: bool = False):
+        super().__init__(message)
+        self.signum, self.at_once = signum, at_once
+        self.exit_code = 128 + int(signum)
