@@ -78,7 +78,8 @@ def load_components() -> None:
     """Import the modules whose decorators fill the registries."""
     from tfgen.evaluation import completion, interpolation, latent_space, tasks  # noqa: F401
     from tfgen.evaluation import quality  # noqa: F401  (sample_quality, feature_classifier)
-    from tfgen.geometry import tasks as geometry_tasks  # noqa: F401
+    from tfgen.geometry.tasks import (geodesic_kmeans, geodesics, metric_map,  # noqa: F401
+                                      random_walk, rbf_precision)
     from tfgen.inference import (adversarial, autoregressive, em, flow, map_latents, pga,  # noqa: F401
                                  svi, vae)
     from tfgen.models import layer_list, likelihoods, networks, priors  # noqa: F401

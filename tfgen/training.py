@@ -406,7 +406,7 @@ class Trainer:
             tf.summary.scalar(f"epoch_{split}/{name}", v, step=step)
 
     def _log_images(self, step: int) -> None:
-        from tfgen.evaluation.tasks import SamplesConfig, reconstruction_grid, sample_grid
+        from tfgen.inference.grids import SamplesConfig, reconstruction_grid, sample_grid
 
         n = self.cfg.logging.num_images
         if isinstance(self.scheme, AmortizedPosterior):  # a fitted q would cost a fit per image

@@ -1,1 +1,2 @@
-"""Evaluation tasks (``registry.load_components`` imports them), metrics, figures, samplers."""
+"""Evaluation tasks (``registry.load_components`` imports them), the latents of a split they
+look at (latent_selection), bits per dimension, sample-quality distances and classifiers."""
