@@ -17,7 +17,7 @@ from tfgen.assemble import from_dict
 from tfgen.distribute import single_replica_batch
 from tfgen.errors import ConfigError
 from tfgen.inference.adversarial_losses import gradient_penalty, wasserstein
-from tfgen.training import SIGINT_HOOK
+from tfgen.signals import TEST_HOOK
 
 
 def scheme_of(name: str, images, **inference):
@@ -126,7 +126,7 @@ def test_an_adversarial_run_interrupted_mid_epoch_resumes_exactly(scheme, tmp_pa
                               BIGAN_TASKS if scheme == "bigan" else "")
     whole = run_cli("run", config, "--quiet")
     assert whole.returncode == 0, whole.stderr
-    env = {**os.environ, "PYTHONPATH": str(REPO), SIGINT_HOOK: "6"}  # epoch 2, batch 2 of 4
+    env = {**os.environ, "PYTHONPATH": str(REPO), TEST_HOOK: "6"}  # epoch 2, batch 2 of 4
     proc = subprocess.run([sys.executable, "-m", "tfgen", "run", config, "--quiet"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 130, proc.stderr[-2000:]

@@ -18,7 +18,7 @@ from conftest import REPO, build_in_memory, run_cli
 from tfgen.assemble import from_dict
 from tfgen.errors import ConfigError
 from tfgen.models import linear_em
-from tfgen.training import SIGINT_HOOK
+from tfgen.signals import TEST_HOOK
 
 D_SIDE, D, Q = 4, 16, 2
 
@@ -157,7 +157,7 @@ def test_an_em_run_interrupted_mid_epoch_resumes_exactly(model, tmp_path):
     config = em_toml(tmp_path, model, epochs=3)
     whole = run_cli("run", str(config), "--quiet")
     assert whole.returncode == 0, whole.stderr
-    env = {**os.environ, "PYTHONPATH": str(REPO), SIGINT_HOOK: "10"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), TEST_HOOK: "10"}
     proc = subprocess.run([sys.executable, "-m", "tfgen", "run", str(config), "--quiet"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 130, proc.stderr[-2000:]

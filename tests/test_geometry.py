@@ -16,6 +16,7 @@ from tfgen.geometry.geodesics import GeodesicSolver, initial_velocity, shoot
 from tfgen.geometry.metric import ExpectedMetric, decoder_embedding, log_magnification
 from tfgen.geometry.precision import RBFPrecisionConfig, fit_rbf_precision, precision_model
 from tfgen.geometry.random_walk import random_walks
+from tfgen.models.kmeans import kmeans
 from tfgen.models.likelihoods import NormalConfig, NormalLikelihood
 from tfgen.models.model import GenerativeModel
 from tfgen.models.priors import StandardNormalConfig, StandardNormalPrior
@@ -211,7 +212,7 @@ def test_geodesic_kmedoids_separates_what_a_cliff_separates():
     dist, _ = clustering.graph_geodesic_distances(cliff, points, 8, 4, "graph")
     assert np.all(np.isfinite(dist)) and dist[0, n:].min() > 9.0
     geodesic = clustering.kmedoids(dist, 2, seed=0, restarts=5)[0]
-    euclidean = clustering.kmeans(points, 2, seed=0, restarts=5)[0]
+    euclidean = kmeans(points, 2, seed=0, restarts=5)[0]
     assert clustering.purity(geodesic, labels) == 1.0
     assert clustering.purity(euclidean, labels) < 0.75
     assert clustering.purity([0, 0, 1, 1, 1], [3, 3, 3, 4, 4]) == pytest.approx(0.8)
@@ -248,7 +249,9 @@ def test_pga_particles_are_the_data_latents_of_the_tasks(tmp_path):
     """A scheme without an encoder: latents = 'auto' on the training split takes the cloud,
     every particle labelled with its own image's label."""
     from tfgen.evaluation.tasks import EvalContext
-    from tfgen.geometry import tasks
+    from tfgen.geometry.tasks.common import data_latents
+    from tfgen.geometry.tasks.geodesic_kmeans import GeodesicKMeansConfig, geodesic_kmeans_task
+    from tfgen.geometry.tasks.metric_map import MetricMapConfig, metric_map_task
 
     images, labels = blob_images(24, size=12)
     scheme = build_in_memory({
@@ -258,13 +261,13 @@ def test_pga_particles_are_the_data_latents_of_the_tasks(tmp_path):
         "inference": {"scheme": "pga", "particles": 3}, "train": {"compile": "graph"},
         "evaluate": []}, images / 255.0, labels=labels)
     ctx = EvalContext(scheme.cfg, scheme, scheme.data, tmp_path, [], 0)
-    data = tasks.data_latents(ctx, "train", "auto", 40)
+    data = data_latents(ctx, "train", "auto", 40)
     cloud = scheme.latent_cloud().numpy()
     rows = [int(np.flatnonzero((cloud == point).all(1))[0]) for point in data.points]
     np.testing.assert_array_equal(data.labels, labels[np.array(rows) // 3])
     np.testing.assert_array_equal(data.images, (images / 255.0).astype(np.float32)[np.array(rows) // 3])
-    out = tasks.metric_map_task(tasks.MetricMapConfig(split="train", resolution=6), ctx)
-    out.update(tasks.geodesic_kmeans_task(tasks.GeodesicKMeansConfig(
+    out = metric_map_task(MetricMapConfig(split="train", resolution=6), ctx)
+    out.update(geodesic_kmeans_task(GeodesicKMeansConfig(
         split="train", num_points=30, restarts=2), ctx))
     assert np.isfinite(out["metric_map_log10_magnification_grid_median"])
     assert 0.0 < out["geodesic_kmeans_purity_geodesic_kmedoids"] <= 1.0

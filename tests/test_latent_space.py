@@ -19,7 +19,7 @@ RNG = np.random.default_rng(5)
 # --------------------------------------------------------------------------- PCA
 
 def test_pca_coordinates_and_explained_variance_agree_with_numpy_svd():
-    from tfgen.evaluation.latent_space import pca
+    from tfgen.evaluation.latent_selection import pca
 
     # anisotropic, correlated, off-centre points in d = 6
     mixing = RNG.normal(size=(6, 6)) * np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1])[:, None]
@@ -79,8 +79,8 @@ def tiny_vae(dim: int = 3):
 
 
 def test_linear_interpolation_endpoints_decode_to_the_endpoint_reconstructions():
-    from tfgen.evaluation.interpolation import decoded_means, interpolate
-    from tfgen.evaluation.latent_space import latent_means
+    from tfgen.evaluation.interpolation import interpolate
+    from tfgen.evaluation.latent_selection import decoded_means, latent_means
 
     scheme = tiny_vae()
     split = scheme.data.train
@@ -155,7 +155,7 @@ def test_projector_files_are_consistent_and_earlier_embeddings_stay(tmp_path):
 
 
 def test_sprite_shrinks_thumbnails_to_the_projector_limit():
-    from tfgen.evaluation import figures
+    from tfgen import figures
 
     sprite, (h, w) = figures.sprite(np.zeros((5000, 200, 200, 1), np.float32))
     assert sprite.shape[0] <= figures.MAX_SPRITE and sprite.shape == (71 * h, 71 * w, 3)
@@ -266,7 +266,7 @@ def test_vae_run_draws_the_latent_pictures_and_eval_repeats_them(vae_run):
 
 
 def test_pga_run_scatter_is_the_pca_of_its_particle_means(pga_run):
-    from tfgen.evaluation.latent_space import pca
+    from tfgen.evaluation.latent_selection import pca
     from tfgen.runner import open_run
 
     result = run_cli("eval", str(pga_run), "--task", "latent_scatter", "--task",

@@ -1,8 +1,8 @@
-"""Linear latent-variable models by EM (tfgen.models.linear_em) against known truths and
-dense formulas: a Gaussian mixture recovers the mixture that drew its data (isotropic and
-diagonal), its EM trace never decreases, its log density matches a by-hand scipy mixture
-and its TFP distribution; PPCA by EM reaches the closed-form (eigen) solution, its
-Woodbury log density and posterior match the dense D x D Gaussian formulas."""
+"""Linear latent-variable models by EM (tfgen.models.gmm, tfgen.models.linear_em) against known
+truths and dense formulas: a Gaussian mixture recovers the mixture that drew its data
+(isotropic and diagonal), its EM trace never decreases, its log density matches a by-hand
+scipy mixture and its TFP distribution; PPCA by EM reaches the closed-form (eigen) solution,
+its Woodbury log density and posterior match the dense D x D Gaussian formulas."""
 from __future__ import annotations
 
 import itertools
@@ -13,19 +13,15 @@ import pytest
 import tensorflow as tf
 from scipy import special, stats
 
+from tfgen.models.gmm import GMMParams, fit_gmm, gmm_distribution, gmm_log_prob, gmm_responsibilities
 from tfgen.models.linear_em import (
-    GMMParams,
-    PPCAParams,
-    fit_gmm,
     fit_ppca_closed_form,
     fit_ppca_em,
-    gmm_distribution,
-    gmm_log_prob,
-    gmm_responsibilities,
     ppca_distribution,
     ppca_log_prob,
     ppca_posterior,
 )
+from tfgen.models.ppca import PPCAParams
 
 # ------------------------------------------------------------------ Gaussian mixture
 
@@ -147,7 +143,7 @@ def test_gmm_restarts_and_seed_are_deterministic():
     best = fit_gmm(x, 4, covariance="isotropic", seed=3, restarts=4)
     assert best.log_likelihood >= one.log_likelihood
     with pytest.raises(ValueError):
-        fit_gmm(x, 4, covariance="full")
+        fit_gmm(x, 4, covariance="spherical")
     with pytest.raises(ValueError):
         fit_gmm(x[:3], 4)
 

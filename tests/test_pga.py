@@ -16,7 +16,8 @@ from scipy import stats
 from conftest import build_in_memory, run_cli
 from tfgen.assemble import from_dict
 from tfgen.errors import ConfigError
-from tfgen.evaluation import completion as inpainting, samplers
+from tfgen.evaluation import completion as inpainting
+from tfgen.inference import samplers
 from tfgen.distribute import SALT_LANGEVIN, single_replica_batch, step_seed
 from tfgen.models.model import build_model
 

@@ -14,7 +14,9 @@ from tfgen.assemble import from_dict
 from tfgen.config import DataConfig
 from tfgen.data import DataBundle, Split
 from tfgen.errors import ConfigError
-from tfgen.evaluation import distances, samplers
+from tfgen.evaluation import distances
+from tfgen.inference import samplers
+from tfgen.models import gmm
 
 
 def correlated(n, dim=8, seed=0):
@@ -127,19 +129,19 @@ def test_gmm_em_recovers_a_known_mixture():
     covs = np.array([[[1.0, 0.6], [0.6, 1.0]], [[0.5, 0.0], [0.0, 2.0]], [[1.5, -0.7], [-0.7, 1.0]]])
     counts = rng.multinomial(6000, weights)
     points = np.concatenate([rng.multivariate_normal(m, c, n) for m, c, n in zip(means, covs, counts)])
-    fitted = samplers.fit_gmm(points, samplers.GMMConfig(components=3, seed=1))
+    fitted = samplers.fit_latent_gmm(points, samplers.GMMConfig(components=3, seed=1))
     order = [int(np.argmin(((fitted.means - m) ** 2).sum(1))) for m in means]
     assert sorted(order) == [0, 1, 2]
     np.testing.assert_allclose(fitted.weights[order], weights, atol=0.02)
     np.testing.assert_allclose(fitted.means[order], means, atol=0.1)
     np.testing.assert_allclose(fitted.covariances[order], covs, atol=0.15)
     # its samples follow it, and a seed gives the same samples
-    z = samplers.sample_gmm(fitted, 20000, seed=4)
+    z = gmm.sample_gmm(fitted, 20000, seed=4)
     np.testing.assert_allclose(z.mean(0), weights @ means, atol=0.1)
-    np.testing.assert_array_equal(samplers.sample_gmm(fitted, 5, seed=4),
-                                  samplers.sample_gmm(fitted, 5, seed=4))
+    np.testing.assert_array_equal(gmm.sample_gmm(fitted, 5, seed=4),
+                                  gmm.sample_gmm(fitted, 5, seed=4))
     # the best restart is kept: at least as likely as a single run
-    single = samplers.fit_gmm(points, samplers.GMMConfig(components=3, restarts=1, seed=1))
+    single = samplers.fit_latent_gmm(points, samplers.GMMConfig(components=3, restarts=1, seed=1))
     assert fitted.log_likelihood >= single.log_likelihood - 1e-9
 
 

@@ -1,21 +1,18 @@
 """End-to-end ``tfgen run`` on tiny data: the run directory, checkpoints, TensorBoard events,
-the resolved config, overrides, resume equivalence, NaN handling and Ctrl-C."""
+the resolved config, overrides, resume equivalence and NaN handling (stop signals: see
+test_faults.py)."""
 from __future__ import annotations
 
 import json
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, run_cli, tiny_config
+from conftest import run_cli, tiny_config
 
 
 def only_run_dir(out: Path) -> Path:
@@ -198,34 +195,6 @@ def test_resume_with_an_incompatible_change_is_a_clear_error(two_epoch_run):
                      "--set", "train.epochs=3")
     assert result.returncode == 2
     assert "does not fit the config" in result.stderr
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path, idx_folder):
-    out = tmp_path / "runs"
-    config = tmp_path / "long.toml"
-    config.write_text(tiny_config(idx_folder, out, epochs=500))
-    proc = subprocess.Popen([sys.executable, "-m", "tfgen", "run", str(config), "--quiet"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        runs = list((out / "tiny").glob("*/checkpoints/checkpoint")) if (out / "tiny").exists() else []
-        if runs:
-            break
-        time.sleep(0.5)
-    assert runs, "no checkpoint appeared"
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert "interrupted at step" in stderr and "--resume" in stderr and "Traceback" not in stderr
-    run_dir = only_run_dir(out)
-    step = int(tf.train.latest_checkpoint(str(run_dir / "checkpoints")).rsplit("-", 1)[1])
-    result = run_cli("run", "--resume", str(run_dir), "--quiet",
-                     "--set", f"train.epochs={step // 4 + 2}")
-    assert result.returncode == 0, result.stderr
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "completed" and metrics["train"]["steps"] == (step // 4 + 2) * 4
 
 
 def test_early_stopping_stops_and_keeps_the_best_epoch(tmp_path, idx_folder):

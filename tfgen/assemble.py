@@ -25,7 +25,8 @@ from tfgen.data import DataBundle, load_data
 from tfgen.errors import ConfigError
 # the component modules: importing them registers their entries (each one's decorator)
 from tfgen.evaluation import completion, interpolation, latent_space, quality, tasks  # noqa: F401
-from tfgen.geometry import tasks as geometry_tasks  # noqa: F401
+from tfgen.geometry.tasks import (geodesic_kmeans, geodesics, metric_map,  # noqa: F401
+                                  random_walk, rbf_precision)
 from tfgen.inference import (adversarial, autoregressive, em, flow, map_latents, pga,  # noqa: F401
                              svi, vae)
 from tfgen.inference.capabilities import AmortizedPosterior, require

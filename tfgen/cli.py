@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import sys
 from typing import List, Optional
@@ -53,13 +54,25 @@ def _fail(err) -> None:
     raise typer.Exit(getattr(err, "exit_code", 2))
 
 
+#: set when a signal stopped the command where it was: :func:`main` then leaves at once
+_LEAVE_AT_ONCE = False
+
+
 @contextlib.contextmanager
 def _one_line_errors(debug: bool = False):
     """Whatever goes wrong ends in one line per error on stderr and a non-zero exit code:
     2 bad input or a refused run (a run directory in use too), 3 a diverged loss, 4 a failing
-    file system (tfgen.errors.StorageError), 130 Ctrl-C, 1 a TensorFlow failure or a bug.  ``debug`` (``--debug``) lets the exception through, with its traceback."""
+    file system (tfgen.errors.StorageError), 128 + the signal's number for a stop signal (130
+    Ctrl-C, 143 SIGTERM, 138 SIGUSR1), 1 a TensorFlow failure or a bug.  ``debug``
+    (``--debug``) lets the exception through, with its traceback.  Stop signals stop at once
+    (:func:`tfgen.signals.stopping_at_once`) unless the command handles them itself (a run
+    does, by phase)."""
+    from tfgen.signals import stopping_at_once
+
+    global _LEAVE_AT_ONCE
     try:
-        yield
+        with stopping_at_once():
+            yield
     except (typer.Exit, SystemExit):
         raise
     except BaseException as err:
@@ -73,6 +86,7 @@ def _one_line_errors(debug: bool = False):
         code, lines = _describe_failure(err)
         for line in lines:
             typer.echo(f"error: {line}", err=True)
+        _LEAVE_AT_ONCE = isinstance(err, KeyboardInterrupt) or getattr(err, "at_once", False)
         raise typer.Exit(code) from None
 
 
@@ -83,7 +97,10 @@ def _describe_failure(err: BaseException) -> tuple[int, list[str]]:
     if isinstance(err, TfgenError):
         return err.exit_code, err.lines()
     if isinstance(err, KeyboardInterrupt):  # before training started (the runner reports later ones)
-        return 130, ["interrupted (Ctrl-C) before training started"]
+        from tfgen.signals import exit_code, signal_name, signal_of
+
+        signum = signal_of(err)
+        return exit_code(signum), [f"interrupted ({signal_name(signum)}) before training started"]
     import tensorflow as tf
 
     if isinstance(err, tf.errors.OpError):
@@ -118,7 +135,10 @@ def run(
         help="This machine's index in runtime.workers (runtime.strategy = \"multi_worker\"; "
              "sets TF_CONFIG). Worker 0 writes the run directory."),
 ) -> None:
-    """Train and evaluate the experiment in CONFIG; writes runs/<name>/<timestamp>/."""
+    """Train and evaluate the experiment in CONFIG; writes runs/<name>/<timestamp>/. Ctrl-C,
+    SIGTERM or SIGUSR1 stop it after the current step with a checkpoint (exit 130, 143, 138;
+    continue with --resume), a second one at once; in evaluation they stop it at once, and
+    tfgen eval RUN_DIR finishes the evaluation."""
     if (config is None) == (resume is None):
         _fail("give either a CONFIG file or --resume RUN_DIR")
     with _one_line_errors(debug):
@@ -267,13 +287,22 @@ def eval_(
 ) -> None:
     """Run evaluation tasks on a finished run from its checkpoint, without retraining; merges
     each result, keyed with its settings, into the run's metrics.json (evaluations_after_run)
-    and its TensorBoard at the run's last step."""
+    and its TensorBoard at the run's last step.  On a run whose own evaluation a signal
+    stopped, without --task and --set: runs the rest of that evaluation and completes the
+    run."""
     with _one_line_errors(debug):
         from tfgen.config import override_keys
         from tfgen.errors import ConfigError
-        from tfgen.runner import evaluate_run
+        from tfgen.runner import evaluate_run, finish_evaluation
 
         tasks = [{"task": name} for name in task] or None
+        finished = None if tasks or set_ else finish_evaluation(run_dir, memory_check)
+        if finished is not None:
+            for label, results in finished:
+                typer.echo(f"{label}: {_numbers(results) or 'no scalar results'}")
+            typer.echo(f"the run's evaluation is complete ({len(finished)} tasks run now): "
+                       f"results in {os.path.join(run_dir, 'metrics.json')} (evaluation)")
+            return
         try:
             done = evaluate_run(run_dir, tasks, "tfgen eval", set_, memory_check)
         except ConfigError as err:  # --task and --set set keys of the tasks: name the option
@@ -282,12 +311,17 @@ def eval_(
                                                         override_keys(set_))
                                        for e in getattr(err, "errors", [err])]) from None
         for key, entry in done:
-            numbers = ", ".join(f"{name} {value:.6g}" for name, value in entry["results"].items()
-                                if isinstance(value, float))
+            numbers = _numbers(entry["results"])
             typer.echo(f"{key}: {numbers or 'no scalar results'}"
                        + (f"; figures: {', '.join(entry['figures'])}" if entry["figures"] else ""))
         typer.echo(f"results merged into {os.path.join(run_dir, 'metrics.json')} "
                    f"(evaluations_after_run)")
+
+
+def _numbers(results: dict) -> str:
+    """A task's scalar results, "name value, ..."."""
+    return ", ".join(f"{name} {value:.6g}" for name, value in results.items()
+                     if isinstance(value, float))
 
 
 @app.command("list")
@@ -317,9 +351,22 @@ def list_(
 
 
 def main() -> None:  # console-script entry point
+    faulthandler.enable()  # a hard crash (SIGSEGV, SIGABRT ...) prints the Python stack
     if len(sys.argv) > 1 and sys.argv[1] not in ("--help", "-h"):
         _import_tensorflow_quietly()
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        if not _LEAVE_AT_ONCE:
+            raise
+        # A signal stopped the command where it was (tfgen.signals.raise_in_own_code):
+        # TensorFlow's threads (tf.data's prefetching of the iterator it left, the
+        # executors) may still be running, and the interpreter's teardown would free what
+        # they use.  Nothing is left to do: its line is printed, its files are written
+        # (checkpoints and metrics.json atomically, TensorBoard flushed).  So leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(done.code if isinstance(done.code, int) else 1)
 
 
 if __name__ == "__main__":

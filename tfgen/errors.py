@@ -137,3 +137,15 @@ class StorageError(TfgenError):
     def then(self, next_step: str) -> "StorageError":
         """The same error, with what to do once the file system is fixed."""
         return StorageError(self.path, self.cause, next_step)
+
+
+class Interrupted(TfgenError):
+    """A signal (Ctrl-C, SIGTERM, SIGUSR1) stopped the command; the message says what was kept
+    and how to continue.  The exit code is the shell's for a process the signal ended, 128 +
+    its number (tfgen.signals).  ``at_once``: stopped where it was (a second signal, or one
+    during evaluation), not at a point of its choosing."""
+
+    def __init__(self, message: str, signum: int, at_once: bool = False):
+        super().__init__(message)
+        self.signum, self.at_once = signum, at_once
+        self.exit_code = 128 + int(signum)

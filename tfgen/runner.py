@@ -6,6 +6,7 @@ import contextvars
 import datetime as dt
 import functools
 import hashlib
+import inspect
 import json
 import sys
 import time
@@ -18,12 +19,14 @@ from tfgen import resources, runlock, runtime, storage
 from tfgen.assemble import build, from_dict, load_config, load_resumed
 from tfgen.config import Config, apply_overrides, read_toml, to_dict
 from tfgen.data import DataBundle, load_data
-from tfgen.errors import CheckpointError, ConfigError, RunFailed, StorageError, TfgenError
+from tfgen.errors import (CheckpointError, ConfigError, Interrupted, RunFailed, StorageError,
+                          TfgenError)
 from tfgen.evaluation.tasks import EvalContext
 from tfgen.registry import EVALUATIONS
 from tfgen.rundir import (CONFIG_NAME, create_run_dir, open_run_dir, write_config, write_metrics,
                           write_run_info)
-from tfgen.training import Interrupted, InterruptFlag, Progress, Trainer
+from tfgen.signals import InterruptFlag, hook_from_env, signal_name, signal_of
+from tfgen.training import Progress, Trainer
 
 
 _held: contextvars.ContextVar[contextlib.ExitStack] = contextvars.ContextVar("held")
@@ -134,16 +137,17 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
             kept = None
         if kept:
             metrics[AFTER_RUN] = kept
-    with InterruptFlag() as interrupt:  # Ctrl-C by phase: training, evaluation, stopping
+    with InterruptFlag() as interrupt:  # stop signals by phase: training, evaluation, stopping
         try:
             with writer.as_default(), storage.failures_in(run_dir, next_step):
                 metrics["train"] = trainer.fit(interrupt)
                 scheme.layout.gather_rows()  # sharded rows, for evaluation (every worker)
                 log_final(metrics["train"], int(trainer.step.numpy()))
-                interrupt.phase = "evaluation"
                 metrics["evaluation"], metrics["evaluation_seconds"] = {}, []
+                interrupt.enter("evaluation")
                 evaluate(cfg, scheme, data, run_dir, trainer.history, int(trainer.step.numpy()),
                          metrics["evaluation"], metrics["evaluation_seconds"])
+            interrupt.phase = "stopping"
             metrics["status"] = "completed"
         except Interrupted as err:
             metrics["status"] = f"interrupted: {err}"
@@ -152,10 +156,12 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
             interrupt.phase = "stopping"
             metrics["status"] = f"failed: {err}"
             raise
-        except KeyboardInterrupt:  # a second Ctrl-C in training, or one in evaluation
+        except KeyboardInterrupt as stop:  # a second signal in training, or one in evaluation
             phase = interrupt.interrupted_in or interrupt.phase
             metrics["status"] = f"interrupted during {phase}"
-            raise Interrupted(_stopped_at_once(phase, run_dir, trainer.store.latest)) from None
+            raise Interrupted(_stopped_at_once(phase, signal_of(stop), interrupt.first, trainer,
+                                               metrics.get("evaluation_seconds", [])),
+                              signal_of(stop), at_once=True) from None
         except tf.errors.OpError as err:
             phase, interrupt.phase = interrupt.phase, "stopping"
             if cfg.runtime.strategy == "multi_worker":
@@ -257,11 +263,22 @@ def _run_worker(cfg: Config, strategy, memory_check: bool) -> None:
     return None
 
 
-def _stopped_at_once(phase: str, run_dir: Path, last: str | None) -> str:
+def _stopped_at_once(phase: str, signum: int, first: int | None, trainer: Trainer,
+                     seconds: list) -> str:
+    """The line for a run that signal ``signum`` stopped where it was: in evaluation, or in
+    training after the signal ``first``."""
+    run_dir, last, cfg = trainer.run_dir, trainer.store.latest, trainer.cfg
     if phase == "evaluation":
-        return (f"interrupted during evaluation; the trained state is in {last}; evaluate "
-                f"again with: tfgen run --resume {run_dir}")
-    text = (f"interrupted during training by a second Ctrl-C (stopped at once, without a "
+        return (f"interrupted during evaluation by {signal_name(signum)}"
+                f"{failed_task(cfg, seconds)}; {len(seconds)} of {len(cfg.evaluate)} tasks "
+                f"finished, their results are in {run_dir / 'metrics.json'}; the trained state "
+                f"is in {last}; finish the evaluation with: tfgen eval {run_dir}")
+    by = (f"a second {signal_name(signum)}" if first in (None, signum) else
+          f"{signal_name(signum)} after {signal_name(first)}")
+    step = int(trainer.step.numpy())
+    text = (f"interrupted during training by {by} (stopped at once at step {step}, its "
+            f"checkpoint written); the checkpoint is {last}; " if trainer.saved else
+            f"interrupted during training by {by} (stopped at once at step {step}, without a "
             f"checkpoint); the last checkpoint is {last or 'none'}; ")
     return text + (f"continue with: tfgen run --resume {run_dir}" if last else
                    f"start again with: tfgen run {run_dir / CONFIG_NAME}")
@@ -292,18 +309,29 @@ def describe_tf_error(err: tf.errors.OpError) -> str:
 
 
 def evaluate(cfg: Config, scheme, data, run_dir: Path, history: list, step: int,
-             results: dict | None = None, seconds: list | None = None) -> dict:
-    """Run the config's ``[[evaluate]]`` tasks in order.  ``results`` and ``seconds`` (one
-    ``{"task", "seconds"}`` entry per task) are filled as each task finishes, so that a task
-    that fails keeps what the tasks before it measured; the failing one is the first task
-    not in ``seconds``."""
+             results: dict | None = None, seconds: list | None = None,
+             after_task=None) -> dict:
+    """Run the config's ``[[evaluate]]`` tasks in order, but for those ``seconds`` already
+    lists (the tasks a run finished before a signal stopped its evaluation).  ``results`` and
+    ``seconds`` (one ``{"task", "seconds"}`` entry per task) are filled as each task finishes,
+    and then ``after_task(label, its results)`` is called, so that a task that fails or is
+    interrupted keeps what the tasks before it measured; that task is the first one not in
+    ``seconds``."""
     ctx = EvalContext(cfg, scheme, data, run_dir, history, step)
     results = {} if results is None else results
     seconds = [] if seconds is None else seconds
+    finished = {entry["task"] for entry in seconds}
+    signal_hook = hook_from_env()
     for i, task in enumerate(cfg.evaluate):
+        label = f"evaluate[{i}] {task.name}"
+        if label in finished:
+            continue
+        signal_hook.at_task(i)
         found, took = run_task(task, ctx)
         results.update(found)
-        seconds.append({"task": f"evaluate[{i}] {task.name}", "seconds": took})
+        seconds.append({"task": label, "seconds": took})
+        if after_task is not None:
+            after_task(label, found)
     return results
 
 
@@ -388,6 +416,82 @@ def open_run(run_dir: str, tasks: list[dict] | None = None,
     return OpenedRun(path, cfg, data, scheme, int(trainer.step.numpy()), weights, trainer.history)
 
 
+def _keeps_finished_tasks(section: str, then: str = ""):
+    """For tfgen eval and tfgen complete, whose stop signals stop at once
+    (:func:`tfgen.signals.stopping_at_once`): the line saying that each task that finished
+    is kept (metrics.json is written after each one) in ``section``, and ``then``, what to
+    run next ({run_dir} is filled in)."""
+    def decorate(function):
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def stoppable(*args, **kwargs):
+            try:
+                return function(*args, **kwargs)
+            except KeyboardInterrupt as stop:
+                signum = signal_of(stop)
+                given = signature.bind(*args, **kwargs).arguments
+                run_dir, command = given["run_dir"], given.get("command", "tfgen eval")
+                raise Interrupted(
+                    f"interrupted by {signal_name(signum)} during {command} (stopped at once); "
+                    f"the results of the tasks it finished are in "
+                    f"{Path(run_dir) / 'metrics.json'} ({section})"
+                    + (f"; {then.format(run_dir=run_dir)}" if then else ""),
+                    signum, at_once=True) from None
+        return stoppable
+    return decorate
+
+
+#: the status of a run a signal stopped during its own evaluation (run() writes it as
+#: "interrupted during {phase}"; tfgen eval finishes such a run)
+EVALUATION_INTERRUPTED = "interrupted during evaluation"
+
+
+@_keeps_finished_tasks("evaluation", then="finish the evaluation with: tfgen eval {run_dir}")
+@_holding_until_return
+def finish_evaluation(run_dir: str, memory_check: bool = True) -> list[tuple[str, dict]] | None:
+    """The rest of a run's own evaluation, which a signal stopped (status
+    ``EVALUATION_INTERRUPTED``); None, having done nothing, for any other run.
+
+    The tasks of the run's ``[[evaluate]]`` list that ``evaluation_seconds`` does not name run
+    as the run would have run them: from the weights its evaluation used (:func:`open_run`),
+    at its last step, figures under the run's own names; their results join
+    ``metrics["evaluation"]`` and ``metrics["evaluation_seconds"]``, metrics.json is written
+    after each task, and after the last its status is "completed".  Returns [(label,
+    results)] of the tasks run now."""
+    path = open_run_dir(run_dir, "tfgen eval")
+    metrics_file = path / "metrics.json"
+    metrics = read_run_metrics(metrics_file)
+    if metrics.get("status") != EVALUATION_INTERRUPTED:
+        return None
+    _hold(runlock.holding(path, f"tfgen eval {path}"))
+    _hold(storage.failures_in(path, lambda: f"the tasks finished before it are in "
+                                            f"{metrics_file}; run tfgen eval again"))
+    opened = open_run(run_dir, None, "tfgen eval", memory_check)
+    results = dict(metrics.get("evaluation") or {})
+    seconds = list(metrics.get("evaluation_seconds") or [])
+    done = []
+    writer = tf.summary.create_file_writer(str(path / "tensorboard"))
+
+    def keep(label: str | None = None, found: dict | None = None) -> None:
+        if label is not None:
+            done.append((label, found))
+            writer.flush()
+        now = read_run_metrics(metrics_file)  # as it is now: nothing in it is dropped
+        now["evaluation"], now["evaluation_seconds"] = results, seconds
+        if len(seconds) == len(opened.cfg.evaluate):
+            now["status"] = "completed"
+        write_metrics(path, now)
+
+    with writer.as_default():
+        evaluate(opened.cfg, opened.scheme, opened.data, path, opened.history, opened.step,
+                 results, seconds, after_task=keep)
+    if not done:  # every task had finished: only the status was left
+        keep()
+    return done
+
+
+@_keeps_finished_tasks(AFTER_RUN)
 @_holding_until_return
 def evaluate_run(run_dir: str, tasks: list[dict] | None, command: str,
                  overrides: list[str] = (), memory_check: bool = True) -> list[tuple[str, dict]]:

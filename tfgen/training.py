@@ -1,5 +1,5 @@
 """The training loop shared by every scheme: batches, logging, validation, early stopping,
-checkpoints, NaN detection, Ctrl-C, resume.
+checkpoints, NaN detection, stop signals (Ctrl-C, SIGTERM, SIGUSR1), resume.
 
 Python control flow lives here; the per-batch work is the scheme's compiled
 ``train_step``.  Everything needed to continue a run exactly -- weights,
@@ -13,18 +13,14 @@ with another ``train.batch_size`` finishes the epoch it was in from the same
 image (in batches of the new size) and counts the following epochs with the
 new size.
 
-Test hook: with ``TFGEN_TEST_SIGINT_AFTER_STEP=<n>`` the process sends itself SIGINT once
-step n is done, as a user's Ctrl-C at that moment would (tests/test_faults.py uses it to
-interrupt a real run mid-epoch on machines of any speed).
+A stop signal is honoured as :class:`tfgen.signals.InterruptFlag` says; its test hook
+(``TFGEN_TEST_SIGNAL=<n>:<SIGNAME>``, a signal after step n) fires here.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -34,60 +30,11 @@ import tf_keras as keras
 from tfgen.checkpoints import CheckpointMismatch, CheckpointStore, NoIntactCheckpoint, Restored
 from tfgen.config import Config
 from tfgen.data import DataBundle, train_dataset
-from tfgen.errors import CheckpointError, ConfigError, TfgenError, TrainingDiverged
+from tfgen.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
 from tfgen.execution import StepExecutor
 from tfgen.inference.capabilities import AmortizedPosterior
 from tfgen.rundir import atomic_write
-
-
-SIGINT_HOOK = "TFGEN_TEST_SIGINT_AFTER_STEP"
-
-
-class Interrupted(TfgenError):
-    """Ctrl-C during training; a checkpoint has been written."""
-
-    exit_code = 130
-
-
-class InterruptFlag:
-    """Ctrl-C (SIGINT) during a run, by phase.
-
-    ``training``: the first Ctrl-C is a request honoured at the next safe point (after a step
-    or an epoch's bookkeeping), so a checkpoint is never taken half-way; a second stops at
-    once.  ``evaluation``: a Ctrl-C stops at once.  ``stopping`` (the run is ending: its
-    checkpoint or error is decided, its metrics are being written): Ctrl-C is ignored, there
-    is nothing left to interrupt.  "Stops at once" is a KeyboardInterrupt, after which
-    ``interrupted_in`` names the phase it interrupted.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self.phase = "training"
-        self.interrupted_in: str | None = None
-        self._previous = None
-
-    def _handler(self, signum, frame):
-        if self.phase == "stopping":
-            return
-        if self.phase == "training" and not self.requested:
-            self.requested = True
-            # said at once, whatever --quiet says: the user is waiting for the step to end
-            sys.stderr.write("Ctrl-C: stopping after this step with a checkpoint "
-                             "(Ctrl-C again to stop at once, without one)\n")
-            sys.stderr.flush()
-            return
-        self.interrupted_in, self.phase = self.phase, "stopping"
-        raise KeyboardInterrupt
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
+from tfgen.signals import InterruptFlag, hook_from_env, signal_name
 
 
 class Progress:
@@ -174,6 +121,7 @@ class Trainer:
                                 "images": self.images_in_epoch, "images_seen": self.images_seen},
             cfg.train.compile)
         self._unsaved = True  # training state changed since the last checkpoint
+        self._interrupt = InterruptFlag()  # the run's signal handling, once fit() has it
         self.history: list[dict] = []
         self.history_path = run_dir / "history.json"
         self._dataset_cache: dict = {}
@@ -223,25 +171,33 @@ class Trainer:
                      f"{self.cfg.train.batch_size} (it was {saved})")
         return text
 
+    @property
+    def saved(self) -> bool:
+        """Whether the newest checkpoint holds the training state as it is now."""
+        return not self._unsaved and self.store.latest is not None
+
     def save(self) -> str:
-        """Checkpoint the training state (see tfgen.checkpoints: a kill cannot break it) and
-        write history.json; with nothing new since the last checkpoint, that one's path."""
-        if not self._unsaved and self.store.latest:
+        """Checkpoint the training state (see tfgen.checkpoints: a kill cannot break it, nor
+        can a stop signal during a run) and write history.json; with nothing new since the
+        last checkpoint, that one's path."""
+        if self.saved:
             return self.store.latest
         self.history_json.assign(json.dumps(self.history))
         self.batch_size.assign(self.cfg.train.batch_size)
-        path = self.store.save(int(self.step.numpy()))
-        atomic_write(self.history_path, json.dumps(self.history, indent=1))
-        self._unsaved = False
+        with self._interrupt.saving():
+            path = self.store.save(int(self.step.numpy()))
+            atomic_write(self.history_path, json.dumps(self.history, indent=1))
+            self._unsaved = False
         return path
 
     # ------------------------------------------------------------------ loop
     def fit(self, interrupt: InterruptFlag | None = None) -> dict:
-        """Train up to ``train.epochs``; ``interrupt`` is the run's Ctrl-C handling (one of its
-        own if not given).  A Ctrl-C request ends it with a checkpoint and Interrupted."""
+        """Train up to ``train.epochs``; ``interrupt`` is the run's stop-signal handling (one of
+        its own if not given).  A stop request ends it with a checkpoint and Interrupted."""
         if interrupt is None:
             with InterruptFlag() as own:
                 return self.fit(own)
+        self._interrupt = interrupt
         cfg = self.cfg
         epochs, batch_size = cfg.train.epochs, cfg.train.batch_size
         wall_start = time.monotonic()
@@ -249,7 +205,7 @@ class Trainer:
         train_time = 0.0
         if int(self.step.numpy()) == 0:
             self._log_hparams()
-        sigint_after_step = int(os.environ.get(SIGINT_HOOK, "-1"))
+        signal_hook = hook_from_env()
         self._host_step = int(self.step.numpy())  # the step counter, known without reading it
         while int(self.epoch.numpy()) < epochs:
             epoch = int(self.epoch.numpy())
@@ -278,8 +234,7 @@ class Trainer:
                 train_time += time.monotonic() - t0
                 step_before, step = self._host_step, self._host_step + n
                 self._host_step = step
-                if step_before < sigint_after_step <= step:
-                    os.kill(os.getpid(), signal.SIGINT)
+                signal_hook.after_steps(step_before, step)
                 self._unsaved = True
                 done += n
                 left -= images
@@ -322,7 +277,8 @@ class Trainer:
             self.progress.message("  " + "  ".join(f"{k} {v:.4g}" for k, v in record.items()
                                                    if k not in ("epoch", "step")))
             if improved:
-                self.best_store.save(epoch + 1)
+                with interrupt.saving():
+                    self.best_store.save(epoch + 1)
             if (epoch + 1) % cfg.train.checkpoint_every_epochs == 0 or epoch + 1 == epochs:
                 self.save()
             if interrupt.requested:
@@ -335,7 +291,7 @@ class Trainer:
                 f"early stopping: no improvement of {self.monitor} for "
                 f"{cfg.train.early_stopping.patience} epochs (best epoch {int(self.best_epoch.numpy()) + 1})")
         self.save()
-        if interrupt.requested:  # a Ctrl-C during the last save: stop before evaluating
+        if interrupt.requested:  # a signal during the last save: stop before evaluating
             self._interrupted(interrupt)
         if cfg.train.early_stopping.patience and cfg.train.early_stopping.restore_best:
             self.restore_best()
@@ -390,9 +346,10 @@ class Trainer:
 
     def _interrupted(self, interrupt: InterruptFlag):
         path = self.save()
-        interrupt.phase = "stopping"  # the checkpoint is written: a further Ctrl-C is moot
-        raise Interrupted(f"interrupted at {self.position()}; checkpoint {path}; continue with: "
-                          f"tfgen run --resume {self.run_dir}")
+        interrupt.phase = "stopping"  # the checkpoint is written: a further signal is moot
+        raise Interrupted(f"interrupted by {signal_name(interrupt.first)} at {self.position()}; "
+                          f"checkpoint {path}; continue with: tfgen run --resume {self.run_dir}",
+                          interrupt.first)
 
     def restore_best(self) -> None:
         try:
@@ -449,7 +406,7 @@ class Trainer:
             tf.summary.scalar(f"epoch_{split}/{name}", v, step=step)
 
     def _log_images(self, step: int) -> None:
-        from tfgen.evaluation.tasks import SamplesConfig, reconstruction_grid, sample_grid
+        from tfgen.inference.grids import SamplesConfig, reconstruction_grid, sample_grid
 
         n = self.cfg.logging.num_images
         if isinstance(self.scheme, AmortizedPosterior):  # a fitted q would cost a fit per image

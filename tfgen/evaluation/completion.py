@@ -39,8 +39,8 @@ from typing import ClassVar, Literal, NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from tfgen import figures
 from tfgen.errors import ConfigError
-from tfgen.evaluation import figures
 from tfgen.evaluation.tasks import EvalContext, SplitName, task_key
 from tfgen.inference.capabilities import AmortizedPosterior
 from tfgen.inference.fitting import FitConfig, FitResult, LatentFitter

@@ -2,7 +2,7 @@
 task 3c) and the ``manifold_grid`` of a 2-D latent space (Kingma & Welling 2014, fig. 4).
 
 Interpolation.  The images y_a, y_b of a pair get latents z_a, z_b from a source of
-:mod:`tfgen.evaluation.latent_space` (the encoder's means, or q fitted at test time for a
+:mod:`tfgen.evaluation.latent_selection` (the encoder's means, or q fitted at test time for a
 scheme without an encoder; per-datapoint latents on the training split), and the path at
 t_k = k / (N - 1), k = 0..N-1, is decoded with the likelihood's mean E[y | z]:
 
@@ -33,10 +33,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfgen import figures
 from tfgen.errors import ConfigError, TfgenError
-from tfgen.evaluation import figures
-from tfgen.evaluation.latent_space import (Source, SourceSplit, check_source, latent_dim,
-                                           latent_means, resolve, source_field, split_field)
+from tfgen.evaluation.latent_selection import (Source, SourceSplit, check_source,
+                                               decoded_means, latent_dim, latent_means,
+                                               resolve_task, source_field, split_field)
 from tfgen.evaluation.tasks import EvalContext, task_key
 from tfgen.inference.capabilities import DecoderLikelihood, require
 from tfgen.registry import EVALUATIONS
@@ -77,13 +78,6 @@ def interpolate(a, b, steps: int, kind: str) -> np.ndarray:
     return path.astype(np.float32)
 
 
-def decoded_means(model, z, batch: int = 500) -> np.ndarray:
-    """E[y | z] for latents [..., d], batched: [n, H, W, C]."""
-    z = np.asarray(z, np.float32).reshape(-1, model.latent_dim)
-    return np.concatenate([np.asarray(model.likelihood.mean(model.decode(tf.constant(z[lo:lo + batch]))))
-                           for lo in range(0, len(z), batch)])
-
-
 # --------------------------------------------------------------------------- interpolation
 
 @dataclasses.dataclass
@@ -110,7 +104,7 @@ class InterpolationConfig:
 
     def check_data(self, cfg, data) -> None:
         """The pairs' indices exist in the split (before a run directory exists)."""
-        _, split = resolve(cfg, self.source, self.split, self.prefer_latents)
+        _, split = resolve_task(cfg, self)
         if getattr(data, split) is None:
             return   # an empty split: refused by check() already
         size = len(getattr(data, split))
@@ -136,7 +130,7 @@ def pair_indices(params: InterpolationConfig, size: int, seed: int) -> np.ndarra
 @EVALUATIONS.register("interpolation", config=InterpolationConfig)
 def interpolation_task(params: InterpolationConfig, ctx: EvalContext) -> dict:
     """Decoded latent paths between pairs of images, linear or spherical (seed 001 task 3c)."""
-    source, split_name = resolve(ctx.cfg, params.source, params.split, params.prefer_latents)
+    source, split_name = resolve_task(ctx.cfg, params)
     split = ctx.split(split_name, f"{task_key(ctx.cfg, params)}.split")
     pairs = pair_indices(params, len(split), ctx.cfg.experiment.seed)
     latents = latent_means(ctx.scheme, split, source, pairs.reshape(-1), ctx.cfg.experiment.seed)

@@ -1,10 +1,5 @@
-"""Data-set level estimates: mean ELBO terms and the log-likelihood over a split, and the
-log-likelihood in bits per dimension.
-
-Log-likelihoods are reported in nats per image as the mean over the N images of the per-image
-estimates, with the standard error of that mean, sd / sqrt(N) (sample sd, ddof = 1): it covers
-both the spread of log p(y) over images and each estimate's own Monte Carlo noise.  It says
-nothing of the estimator's bias (an importance or AIS estimate is a stochastic lower bound).
+"""The log-likelihood in bits per dimension (the data-set level estimates in nats per image
+are :mod:`tfgen.inference.estimators`').
 
 Bits per dimension (Theis, van den Oord & Bethge 2016, "A note on the evaluation of
 generative models", sec. 3.1) divide by the number of dimensions D = H W C:
@@ -40,53 +35,12 @@ import math
 
 import numpy as np
 
-from tfgen.data import Split, eval_dataset
-from tfgen.inference.proposals import POSTERIOR, Proposal
-
-
-def mean_elbo(scheme, split: Split, batch_size: int, seed: int, mc_samples: int = 1,
-              max_images: int = 0) -> dict[str, float]:
-    """Mean ELBO, reconstruction term and KL over a split, in nats per image."""
-    sums = {"elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
-    count = 0
-    for i, (images, _) in enumerate(eval_dataset(_head(split, max_images), batch_size)):
-        terms = scheme.elbo_terms(images, [seed, i], mc_samples)
-        for key in sums:
-            sums[key] += float(np.sum(getattr(terms, key)))
-        count += int(images.shape[0])
-    return {key: value / count for key, value in sums.items()}
-
-
-def per_image(estimate, split: Split, batch_size: int, max_images: int = 0) -> np.ndarray:
-    """``estimate(images, batch_index) -> [B]`` over the first ``max_images`` of a split."""
-    values = [np.asarray(estimate(images, i))
-              for i, (images, _) in enumerate(eval_dataset(_head(split, max_images), batch_size))]
-    return np.concatenate(values)
-
-
-def summary(values: np.ndarray) -> dict[str, float]:
-    """Mean per-image log-likelihood (nats) and the standard error of that mean."""
-    values = np.asarray(values, np.float64)
-    return {"log_likelihood": float(values.mean()),
-            "log_likelihood_stderr": (float(values.std(ddof=1) / np.sqrt(len(values)))
-                                      if len(values) > 1 else 0.0),
-            "images": int(len(values))}
-
-
-def mean_log_likelihood(scheme, split: Split, batch_size: int, seed: int, num_samples: int,
-                        max_images: int = 0, proposal: Proposal = POSTERIOR) -> dict[str, float]:
-    """Importance-sampled log p(y) (K = ``num_samples`` draws of ``proposal`` per image)
-    averaged over images (nats/image) and its standard error."""
-    return summary(per_image(
-        lambda images, i: scheme.log_likelihood_estimate(images, [seed, i], num_samples, proposal),
-        split, batch_size, max_images))
-
 
 def bits_per_dim(result: dict, likelihood, image_shape, pixel_range,
                  eight_bit: bool, discrete: bool | None = None) -> dict[str, float]:
-    """The bits-per-dimension figures of a :func:`summary` (module docstring): ``bits_per_dim``
-    for a discrete likelihood, else ``bits_per_dim_density`` and, for 8-bit data
-    (``eight_bit``), ``bits_per_dim_8bit``; each with its standard error.  ``discrete``
+    """The bits-per-dimension figures of a :func:`tfgen.inference.estimators.summary` (module
+    docstring): ``bits_per_dim`` for a discrete likelihood, else ``bits_per_dim_density``
+    and, for 8-bit data (``eight_bit``), ``bits_per_dim_8bit``; each with its standard error.  ``discrete``
     overrides what the likelihood says (a model whose log-likelihood is of the discrete
     image without a pixel likelihood, e.g. a dequantized flow)."""
     from tfgen.models.likelihoods import (BernoulliLikelihood, BetaLikelihood,
@@ -118,9 +72,3 @@ def is_8bit(data_config, images: np.ndarray, pixel_range) -> bool:
     low, high = pixel_range
     levels = (np.asarray(images, np.float64) - low) * (255.0 / (high - low))
     return bool(np.all(np.abs(levels - np.round(levels)) < 1e-3))
-
-
-def _head(split: Split, max_images: int) -> Split:
-    if max_images and max_images < len(split):
-        return Split(split.images[:max_images], split.labels[:max_images])
-    return split

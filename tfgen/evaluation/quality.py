@@ -3,7 +3,7 @@ generated images against a split's images) and ``feature_classifier`` (train or 
 feature classifier and report its accuracy).
 
 ``sample_quality`` draws ``num_samples`` latents from a sampler (``prior``,
-``particle_gaussian``, ``gmm``: :mod:`tfgen.evaluation.samplers`), decodes them (the
+``particle_gaussian``, ``gmm``: :mod:`tfgen.inference.samplers`), decodes them (the
 likelihood's mean, or a draw), and compares them with the first ``max_reference`` images of
 ``reference_split`` in a feature space:
 
@@ -29,13 +29,14 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
+from tfgen import figures
 from tfgen.config import Config
 from tfgen.errors import ConfigError
-from tfgen.evaluation import distances, figures, inception
+from tfgen.evaluation import distances, inception
 from tfgen.evaluation.classifier import ClassifierConfig, load_or_train
-from tfgen.evaluation.samplers import GMMConfig, Sampler, check_sampler, sample_latents
 from tfgen.evaluation.tasks import EvalContext, SplitName, task_key
 from tfgen.inference.capabilities import DecoderLikelihood, ImageSampler, has, require
+from tfgen.inference.samplers import GMMConfig, Sampler, check_sampler, sample_latents
 from tfgen.registry import EVALUATIONS
 from tfgen.runtime import compile_step
 from tfgen.schema import field

@@ -6,19 +6,17 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import tensorflow as tf
 
+from tfgen import figures
 from tfgen.config import Config
 from tfgen.data import DataBundle, Split
 from tfgen.errors import ConfigError
-from tfgen.evaluation import figures
 from tfgen.evaluation.ais import AISSettings, ais_log_likelihood
-from tfgen.evaluation.metrics import (bits_per_dim, is_8bit, mean_elbo, mean_log_likelihood,
-                                     per_image, summary)
-from tfgen.evaluation.samplers import Sampler, check_sampler, sample_latents
+from tfgen.evaluation.metrics import bits_per_dim, is_8bit
 from tfgen.inference.base import PosteriorEstimates
-from tfgen.inference.capabilities import (ExactLogLikelihood, ImageSampler, LogLikelihood,
-                                          Posterior, has, require)
+from tfgen.inference.capabilities import ExactLogLikelihood, LogLikelihood, Posterior, require
+from tfgen.inference.estimators import mean_elbo, mean_log_likelihood, per_image, summary
+from tfgen.inference.grids import SamplesConfig, reconstruction_grid, sample_grid
 from tfgen.inference.proposals import Proposal
 from tfgen.registry import EVALUATIONS
 from tfgen.runtime import compile_step
@@ -217,11 +215,6 @@ class ReconstructionsConfig:
         _needs(cfg, Posterior, "reconstructions")
 
 
-def reconstruction_grid(scheme, images, ncols, pixel_range) -> np.ndarray:
-    recon = scheme.reconstruct(tf.constant(images)).numpy()
-    return figures.stacked_grid([images, recon], ncols, pixel_range)
-
-
 @EVALUATIONS.register("reconstructions", config=ReconstructionsConfig)
 def reconstructions_task(params: ReconstructionsConfig, ctx: EvalContext) -> dict:
     """Grid of originals (odd rows) above their reconstructions E[y | z = mu(y)] (even rows)."""
@@ -231,31 +224,6 @@ def reconstructions_task(params: ReconstructionsConfig, ctx: EvalContext) -> dic
     figures.write_png(ctx.figure(f"reconstructions_{params.split}.png"), grid)
     figures.summary_image(f"eval/reconstructions_{params.split}", grid, ctx.step)
     return {}
-
-
-@dataclasses.dataclass
-class SamplesConfig:
-    num_images: int = field(64, min=1, max=1024)
-    ncols: int = field(8, min=1, max=64)
-    sampler: Sampler = field("prior", help="where the latents come from: the prior, or a "
-                                           "Gaussian fitted to a particle cloud (PGA)")
-    show: Literal["mean", "sample"] = field("mean", help="decoder mean E[y|z], or a draw y ~ p(y|z)")
-
-    def check(self, cfg):
-        if has(cfg, ImageSampler) and self.sampler == "prior":
-            return  # the model's own samples
-        check_sampler(cfg, self.sampler, "evaluate.sampler")
-
-
-def sample_grid(scheme, params: SamplesConfig, seed: int, pixel_range) -> np.ndarray:
-    if isinstance(scheme, ImageSampler):  # a model without a latent to decode
-        images = scheme.sample_images(params.num_images, seed, mean=params.show == "mean")
-        return figures.image_grid(np.asarray(images), params.ncols, pixel_range)
-    z = sample_latents(params.sampler, scheme, params.num_images, seed)
-    out = scheme.model.decode(z)
-    lik = scheme.model.likelihood
-    images = lik.mean(out) if params.show == "mean" else lik.sample(out, seed=tf.constant([seed, 1]))
-    return figures.image_grid(np.asarray(images), params.ncols, pixel_range)
 
 
 @EVALUATIONS.register("samples", config=SamplesConfig)

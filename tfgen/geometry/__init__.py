@@ -10,9 +10,9 @@ Models" (ICLR 2018); Chen et al., "Fast Approximate Geodesics for Deep Generativ
 * :mod:`~tfgen.geometry.geodesics` -- shortest curves by energy minimisation, and the
   geodesic ODE integrated by shooting (a check).
 * :mod:`~tfgen.geometry.random_walk` -- Euclidean and Riemannian (covariance M(z)^-1) walks.
-* :mod:`~tfgen.geometry.clustering` -- Euclidean k-means, graph geodesic distances,
-  geodesic k-medoids, purity.
+* :mod:`~tfgen.geometry.clustering` -- graph geodesic distances, geodesic k-medoids, purity
+  (Euclidean k-means: :mod:`tfgen.models.kmeans`).
 * :mod:`~tfgen.geometry.precision` -- the RBF precision decoder variance (the paper's fix).
-* :mod:`~tfgen.geometry.plots` -- magnification maps with latents and curves on top.
-* :mod:`~tfgen.geometry.tasks` -- the ``[[evaluate]]`` tasks.
+* :mod:`~tfgen.geometry.tasks` -- the ``[[evaluate]]`` tasks, one module each (their maps and
+  plots are drawn with :mod:`tfgen.figures`).
 """

@@ -14,9 +14,9 @@ geodesic distance and moves each centre to the point minimising the sum of squar
 geodesic distances of its cluster (a Frechet mean).  On the graph the centres are data
 points: this is k-medoids (Kaufman & Rousseeuw 1987) on the squared graph distances, with
 the k-means++ seeding (Arthur & Vassilvitskii 2007) on those distances and the lowest-cost
-run of ``restarts``.  The baselines are Lloyd's k-means in the Euclidean latent space and,
-to tell the metric's effect from the algorithm's, the same k-medoids on Euclidean
-distances.  Purity: the fraction of points whose cluster's majority label is their own.
+run of ``restarts``.  The baselines are Lloyd's k-means in the Euclidean latent space
+(:func:`tfgen.models.kmeans.kmeans`) and, to tell the metric's effect from the algorithm's,
+the same k-medoids on Euclidean distances.  Purity: the fraction of points whose cluster's majority label is their own.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tfgen.geometry import curves
 from tfgen.geometry.metric import Embedding
+from tfgen.models.kmeans import plus_plus, squared_distances
 from tfgen.runtime import compile_step
 
 
@@ -88,48 +89,6 @@ def graph_geodesic_distances(embed: Embedding, points, neighbours: int = 10,
         neighbours = min(2 * neighbours, n - 1)
 
 
-def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    out = (a * a).sum(1)[:, None] - 2.0 * a @ b.T + (b * b).sum(1)[None, :]
-    return np.maximum(out, 0.0)
-
-
-def _plus_plus(squared_to: callable, n: int, k: int, rng: np.random.Generator) -> list[int]:
-    """k-means++ seeding: each next centre drawn with probability ~ squared distance to the
-    nearest chosen one.  ``squared_to(i)`` gives the squared distances of all points to point i."""
-    chosen = [int(rng.integers(n))]
-    nearest = squared_to(chosen[0])
-    for _ in range(1, k):
-        total = nearest.sum()
-        pick = int(rng.choice(n, p=nearest / total)) if total > 0 else int(rng.integers(n))
-        chosen.append(pick)
-        nearest = np.minimum(nearest, squared_to(pick))
-    return chosen
-
-
-def kmeans(points, k: int, seed: int = 0, restarts: int = 10,
-           iterations: int = 100) -> tuple[np.ndarray, np.ndarray, float]:
-    """Lloyd's k-means with k-means++ seeding: (assignments [n], centres [k, d], cost)."""
-    x = np.asarray(points, np.float64)
-    rng = np.random.default_rng(seed)
-    best = None
-    for _ in range(restarts):
-        centres = x[_plus_plus(lambda i: ((x - x[i]) ** 2).sum(1), len(x), k, rng)]
-        for _ in range(iterations):
-            assign = squared_distances(x, centres).argmin(1)
-            moved = np.array([x[assign == c].mean(0) if np.any(assign == c) else centres[c]
-                              for c in range(k)])
-            if np.allclose(moved, centres):
-                break
-            centres = moved
-        squared = squared_distances(x, centres)
-        assign = squared.argmin(1)
-        cost = float(squared[np.arange(len(x)), assign].sum())
-        if best is None or cost < best[2]:
-            best = (assign, centres, cost)
-    return best
-
-
 def kmedoids(distances, k: int, seed: int = 0, restarts: int = 10,
              iterations: int = 100) -> tuple[np.ndarray, np.ndarray, float]:
     """k-medoids on a distance matrix [n, n], minimising the sum of squared distances to the
@@ -140,7 +99,7 @@ def kmedoids(distances, k: int, seed: int = 0, restarts: int = 10,
     rng = np.random.default_rng(seed)
     best = None
     for _ in range(restarts):
-        medoids = np.array(_plus_plus(lambda i: squared[:, i], n, k, rng))
+        medoids = np.array(plus_plus(lambda i: squared[:, i], n, k, rng))
         for _ in range(iterations):
             assign = squared[:, medoids].argmin(1)
             moved = medoids.copy()

@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfgen.geometry.clustering import kmeans
+from tfgen.models.kmeans import kmeans
 from tfgen.models.likelihoods import Likelihood
 from tfgen.models.model import GenerativeModel
 from tfgen.runtime import compile_step

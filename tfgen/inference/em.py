@@ -10,7 +10,7 @@
   a log-likelihood works on it: samples, reconstructions, the latent scatter, completion...
   Each epoch accumulates the data's mean and covariance S batch by batch (float64, a
   checkpointed running sum, so an interrupted epoch resumes exactly); at its end
-  ``iterations`` EM steps on S (:func:`tfgen.models.linear_em.fit_ppca_em_moments`, from the
+  ``iterations`` EM steps on S (:func:`tfgen.models.ppca.fit_ppca_em_moments`, from the
   current W and sigma^2) give the new W, mu, sigma^2, written into the decoder and the
   likelihood.  The closed-form maximum (eigenvectors of S) is computed beside it as a check,
   and both log-likelihoods are reported (``em_log_likelihood``,
@@ -40,7 +40,9 @@ import tensorflow_probability as tfp
 from tfgen.errors import ConfigError
 from tfgen.inference.base import PosteriorEstimates, Scheme
 from tfgen.inference.capabilities import AmortizedPosterior, ExactLogLikelihood, ImageSampler
-from tfgen.models import linear_em
+from tfgen.models import ppca
+from tfgen.models.gmm import ALIVE, m_step_from_sums
+from tfgen.models.kmeans import kmeans_plus_plus
 from tfgen.registry import SCHEMES
 from tfgen.schema import field
 
@@ -218,10 +220,10 @@ class PPCAByEM(EM, AmortizedPosterior, ExactLogLikelihood, PosteriorEstimates):
         mean = sums["sum"] / n
         covariance = sums["sum_outer"] / n - np.outer(mean, mean)
         w, _, sigma2 = (np.asarray(v, np.float64) for v in self.parameters())
-        fit = linear_em.fit_ppca_em_moments(mean, covariance, self.model.latent_dim,
-                                            self.params.iterations, self.params.tolerance,
-                                            w0=w, sigma2_0=float(sigma2))
-        closed = linear_em.fit_ppca_closed_form_moments(mean, covariance, self.model.latent_dim)
+        fit = ppca.fit_ppca_em_moments(mean, covariance, self.model.latent_dim,
+                                       self.params.iterations, self.params.tolerance,
+                                       w0=w, sigma2_0=float(sigma2))
+        closed = ppca.fit_ppca_closed_form_moments(mean, covariance, self.model.latent_dim)
         # principal axes: W = U S V^T -> U S (the same W W^T; M becomes diagonal)
         u, s, _ = np.linalg.svd(fit.W, full_matrices=False)
         self.set_parameters(u * s, fit.mu, fit.sigma2)
@@ -253,7 +255,7 @@ class GMMByEM(EM, ExactLogLikelihood, ImageSampler):
         if len(x) < k:
             raise ConfigError(cfg.source_file, "inference.components", "more components than "
                               "training images", k, f"at most {len(x)}")
-        means = linear_em.kmeans_plus_plus(x, k, np.random.default_rng(cfg.experiment.seed))
+        means = kmeans_plus_plus(x, k, np.random.default_rng(cfg.experiment.seed))
         variance = max(float(x.var(axis=0).mean()), params.variance_floor)
         self.log_weights = tf.Variable(tf.fill([k], -math.log(k)), name="log_weights")
         self.means = tf.Variable(means.astype(np.float32), name="means")
@@ -307,24 +309,20 @@ class GMMByEM(EM, ExactLogLikelihood, ImageSampler):
         return {"loss": nll, "log_likelihood": -nll}
 
     def end_epoch(self) -> dict[str, float]:
-        """M-step (Bishop 2006, eqs. (9.24)-(9.26), diagonal or isotropic); a component that
-        no image claims keeps its parameters."""
+        """M-step (:func:`tfgen.models.gmm.m_step_from_sums`: Bishop 2006, eqs. (9.24)-(9.26),
+        diagonal or isotropic) from the epoch's sums; a component that no image claims keeps
+        its parameters."""
         s = self.stats.read()
-        n_k, floor = s["resp"], self.params.variance_floor
-        alive = n_k > 1e-8
-        safe = np.where(alive, n_k, 1.0)[:, None]
-        means = np.where(alive[:, None], s["resp_y"] / safe, self.means.numpy())
-        second = s["resp_y2"] / safe - means ** 2
-        if self.params.covariance == "isotropic":
-            variances = np.where(alive, second.mean(-1), self.variances.numpy())
-        else:
-            variances = np.where(alive[:, None], second, self.variances.numpy())
-        weights = np.maximum(n_k / float(s["count"]), 1e-300)
+        weights, means, variances = m_step_from_sums(
+            float(s["count"]), s["resp"], s["resp_y"], s["resp_y2"], self.means.numpy(),
+            self.variances.numpy(), self.params.variance_floor)
+        # an unclaimed component's weight 0 as a finite log weight (float32 logits)
+        weights = np.maximum(weights, 1e-300)
         self.log_weights.assign(np.log(weights / weights.sum()).astype(np.float32))
         self.means.assign(means.astype(np.float32))
-        self.variances.assign(np.maximum(variances, floor).astype(np.float32))
+        self.variances.assign(variances.astype(np.float32))
         self.stats.reset()
-        return {"components_alive": float(alive.sum())}
+        return {"components_alive": float((s["resp"] > ALIVE).sum())}
 
     def checkpoint_items(self):
         return {"em_statistics": self.stats.sums, "gmm": tf.train.Checkpoint(

@@ -37,12 +37,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfgen.evaluation.samplers import Sampler, check_sampler, sample_latents
 from tfgen.inference import kernels
 from tfgen.inference.base import PosteriorEstimates
 from tfgen.inference.capabilities import AmortizedPosterior, DecoderLikelihood, require
 from tfgen.inference.elbo import gaussian_posterior_from_scale
 from tfgen.inference.latents import LatentOptimizerConfig, RowOptimizer
+from tfgen.inference.samplers import Sampler, check_sampler, sample_latents
 from tfgen.runtime import compile_step
 from tfgen.schema import field
 

@@ -58,6 +58,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tfgen import figures
 from tfgen.distribute import ReplicaBatch, transform_noise
 from tfgen.inference import kernels
 from tfgen.inference.base import Scheme, make_optimizer, scaled_gradients, with_loss_scaling
@@ -203,8 +204,6 @@ class PerDatapointScheme(Scheme, PerDatapointLatents, FittedPosterior):
     # ---- TensorBoard
     def log_summaries(self, step: int) -> None:
         """Histograms of the latents, and a few training images above their decoded latents."""
-        from tfgen.evaluation import figures
-
         latents = self.latent_cloud().numpy()
         tf.summary.histogram("latents/norm", np.linalg.norm(latents, axis=-1), step=step)
         tf.summary.histogram("latents/mean_per_dimension", latents.mean(axis=0), step=step)

@@ -56,6 +56,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from tfgen import figures
 from tfgen.distribute import (SALT_LANGEVIN, SALT_TRANSFORM_ROWS, ReplicaBatch, ShardedRows,
                               fold_seed, transform_noise)
 from tfgen.inference import kernels
@@ -63,6 +64,7 @@ from tfgen.inference.base import Scheme, scaled_gradients, with_loss_scaling
 from tfgen.inference.capabilities import PerDatapointLatents
 from tfgen.inference.fitting import (FitConfig, FittedPosterior, check_posterior_fit,
                                      posterior_fit_field)
+from tfgen.inference.grids import SamplesConfig, sample_grid
 from tfgen.inference.latents import LatentTable
 from tfgen.registry import SCHEMES
 from tfgen.schema import field
@@ -255,9 +257,6 @@ class PGA(Scheme, PerDatapointLatents, FittedPosterior):
         """Cloud histograms, decoded particles of a few fixed images, Gaussian-fit samples.
 
         (The cloud's scalar statistics come with every step's outputs, as ``train/cloud_*``.)"""
-        from tfgen.evaluation import figures
-        from tfgen.evaluation.tasks import SamplesConfig, sample_grid
-
         cloud = self.particle_cloud.numpy()
         flat = cloud.reshape(-1, cloud.shape[-1])
         tf.summary.histogram("cloud/std_per_dimension", flat.std(axis=0), step=step)

@@ -14,11 +14,11 @@ import tensorflow as tf
 
 from tfgen.data import Split
 from tfgen.distribute import SALT_REPARAMETERIZE, transform_noise
-from tfgen.evaluation.metrics import mean_elbo
 from tfgen.inference.base import (PosteriorEstimates, Scheme, make_optimizer, scaled_gradients,
                                   with_loss_scaling)
 from tfgen.inference.capabilities import AmortizedPosterior
 from tfgen.inference.elbo import elbo_terms, gaussian_posterior, split_gaussian_params
+from tfgen.inference.estimators import mean_elbo
 from tfgen.models.model import with_file
 from tfgen.models.networks import build_network
 from tfgen.registry import SCHEMES

@@ -16,25 +16,27 @@ returns them as [M * N, d]).
 who report that drawing a VAE's latents from a mixture fitted to the training latents
 instead of the prior shrinks its MNIST FID several-fold): z ~ sum_k pi_k N(mu_k, Sigma_k), a
 Gaussian mixture with K full-covariance components fitted by EM (Dempster, Laird & Rubin
-1977; Bishop 2006, section 9.2.2) in float64 to the training images' latents: the
-per-datapoint latents (``latent_cloud()``) of schemes that keep them, else the encoder means
-E_q[z | y_m] of the training images (:class:`~tfgen.inference.capabilities.AmortizedPosterior`).
-Each EM start is seeded by k-means++ (Arthur & Vassilvitskii 2007) and a few Lloyd steps; the
-start with the highest final log-likelihood of ``restarts`` is kept; every draw comes from a
-fixed seed, so the same latents give the same mixture and the same samples.
+1977; Bishop 2006, section 9.2.2; :mod:`tfgen.models.gmm`) in float64 to the training images'
+latents: the per-datapoint latents (``latent_cloud()``) of schemes that keep them, else the
+encoder means E_q[z | y_m] of the training images
+(:class:`~tfgen.inference.capabilities.AmortizedPosterior`).  Each EM start is seeded by
+k-means++ (Arthur & Vassilvitskii 2007) and a few Lloyd steps; the start with the highest
+final log-likelihood of ``restarts`` is kept; every draw comes from a fixed seed, so the same
+latents give the same mixture and the same samples.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import typing
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import tensorflow as tf
 
 from tfgen.inference.capabilities import (LatentSampler, PerDatapointLatents, TrainingLatents,
                                           require)
+from tfgen.models.gmm import GMMParams, fit_gmm, sample_gmm
 from tfgen.schema import field
 
 
@@ -87,101 +89,6 @@ class GMMConfig:
     seed: int = field(0, min=0, help="seeds the starts and the subsample")
 
 
-class GaussianMixture(NamedTuple):
-    weights: np.ndarray      # [K]
-    means: np.ndarray        # [K, d]
-    covariances: np.ndarray  # [K, d, d]
-    log_likelihood: float    # mean log p(x) per point at the fit
-    iterations: int
-
-
-def _log_gaussians(x: np.ndarray, means: np.ndarray, covariances: np.ndarray) -> np.ndarray:
-    """log N(x_n | mu_k, Sigma_k) as [n, K], through Cholesky factors."""
-    n, d = x.shape
-    out = np.empty((n, len(means)))
-    for k, (mean, cov) in enumerate(zip(means, covariances)):
-        chol = np.linalg.cholesky(cov)
-        y = np.linalg.solve(chol, (x - mean).T)  # L y = (x - mu): y.y = the Mahalanobis term
-        out[:, k] = -0.5 * (d * np.log(2 * np.pi) + (y * y).sum(axis=0)) \
-            - np.log(np.diag(chol)).sum()
-    return out
-
-
-def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator, lloyd_steps: int = 10):
-    """Hard assignments [n] from k-means++ seeding (Arthur & Vassilvitskii 2007) and Lloyd steps."""
-    centres = [x[rng.integers(len(x))]]
-    d2 = ((x - centres[0]) ** 2).sum(axis=1)
-    for _ in range(1, k):
-        total = d2.sum()
-        index = rng.choice(len(x), p=d2 / total) if total > 0 else rng.integers(len(x))
-        centres.append(x[index])
-        d2 = np.minimum(d2, ((x - x[index]) ** 2).sum(axis=1))
-    centres = np.array(centres)
-    for _ in range(lloyd_steps):
-        dist = ((x * x).sum(1)[:, None] - 2 * x @ centres.T + (centres * centres).sum(1)[None])
-        assign = dist.argmin(axis=1)
-        for j in range(k):
-            if (assign == j).any():
-                centres[j] = x[assign == j].mean(axis=0)
-    dist = ((x * x).sum(1)[:, None] - 2 * x @ centres.T + (centres * centres).sum(1)[None])
-    return dist.argmin(axis=1)
-
-
-def _m_step(x, resp, reg_covar):
-    """Weights, means and covariances maximising the expected complete log-likelihood
-    (Bishop 2006, eqs. (9.24)-(9.26)), with ``reg_covar`` on the diagonals."""
-    counts = resp.sum(axis=0) + 10 * np.finfo(np.float64).eps
-    means = resp.T @ x / counts[:, None]
-    d = x.shape[1]
-    covariances = np.empty((len(counts), d, d))
-    for k in range(len(counts)):
-        centred = x - means[k]
-        covariances[k] = (resp[:, k, None] * centred).T @ centred / counts[k] + reg_covar * np.eye(d)
-    return counts / len(x), means, covariances
-
-
-def fit_gmm(points, config: GMMConfig | None = None) -> GaussianMixture:
-    """EM for a full-covariance Gaussian mixture (float64), the best of ``config.restarts``
-    runs, each from k-means++ hard assignments; stops at ``tol`` or ``max_iter``."""
-    config = config or GMMConfig()
-    x = np.asarray(points, np.float64)
-    rng = np.random.default_rng(config.seed)
-    if config.max_points and len(x) > config.max_points:
-        x = x[rng.choice(len(x), config.max_points, replace=False)]
-    k = min(config.components, len(x))
-    best = None
-    for _ in range(config.restarts):
-        assign = _kmeans_pp(x, k, rng)
-        resp = np.zeros((len(x), k))
-        resp[np.arange(len(x)), assign] = 1.0
-        weights, means, covariances = _m_step(x, resp, config.reg_covar)
-        previous = -np.inf
-        for iteration in range(1, config.max_iter + 1):
-            log_joint = _log_gaussians(x, means, covariances) + np.log(weights)
-            log_norm = np.logaddexp.reduce(log_joint, axis=1)
-            resp = np.exp(log_joint - log_norm[:, None])
-            current = float(log_norm.mean())
-            weights, means, covariances = _m_step(x, resp, config.reg_covar)
-            if abs(current - previous) < config.tol:
-                break
-            previous = current
-        log_joint = _log_gaussians(x, means, covariances) + np.log(weights)
-        fitted = GaussianMixture(weights, means, covariances,
-                                 float(np.logaddexp.reduce(log_joint, axis=1).mean()), iteration)
-        if best is None or fitted.log_likelihood > best.log_likelihood:
-            best = fitted
-    return best
-
-
-def sample_gmm(mixture: GaussianMixture, num: int, seed: int) -> np.ndarray:
-    """``num`` draws [num, d] (float64): a component k ~ pi, then mu_k + L_k eps."""
-    rng = np.random.default_rng([seed, 7])
-    components = rng.choice(len(mixture.weights), size=num, p=mixture.weights / mixture.weights.sum())
-    eps = rng.standard_normal((num, mixture.means.shape[1]))
-    chols = np.linalg.cholesky(mixture.covariances)
-    return mixture.means[components] + np.einsum("nij,nj->ni", chols[components], eps)
-
-
 def training_latents(scheme, batch_size: int = 500) -> np.ndarray:
     """The training images' latents [n, d]: per-datapoint latents (every particle, for PGA), or
     the encoder's means E_q[z | y_m] of the training images (as stored, before any dynamic
@@ -193,7 +100,16 @@ def training_latents(scheme, batch_size: int = 500) -> np.ndarray:
                            for i in range(0, len(images), batch_size)]).astype(np.float64)
 
 
-def scheme_gmm(scheme, config: GMMConfig | None = None) -> GaussianMixture:
+def fit_latent_gmm(points, config: GMMConfig | None = None) -> GMMParams:
+    """The ``gmm`` sampler's mixture of ``points`` [n, d]: full covariances, at most as many
+    components as the points it is fitted on."""
+    config = config or GMMConfig()
+    fitted_on = min(len(points), config.max_points or len(points))
+    return fit_gmm(points, min(config.components, fitted_on), "full", config.max_iter,
+                   config.tol, config.seed, config.restarts, config.reg_covar, config.max_points)
+
+
+def scheme_gmm(scheme, config: GMMConfig | None = None) -> GMMParams:
     """The mixture fitted to the scheme's training latents; kept on the scheme for the same
     latents and settings, so repeated draws (a test-time fit's chunks) fit it once."""
     config = config or GMMConfig()
@@ -202,7 +118,7 @@ def scheme_gmm(scheme, config: GMMConfig | None = None) -> GaussianMixture:
     cache = scheme.__dict__.setdefault("_gmm_fits", {})
     if key not in cache:
         cache.clear()
-        cache[key] = fit_gmm(points, config)
+        cache[key] = fit_latent_gmm(points, config)
     return cache[key]
 
 
