@@ -27,6 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from tfgen.compose import compose, read_toml
 from tfgen.errors import ConfigError
 from tfgen.registry import ALL, load_components
 
@@ -199,6 +200,9 @@ class Config:
 
     source_file: str = dataclasses.field(default="<config>", compare=False, repr=False,
                                          metadata={"internal": True})
+    #: the files composed into it (tfgen.compose), source_file last
+    source_chain: list[str] = dataclasses.field(default_factory=list, compare=False,
+                                                repr=False, metadata={"internal": True})
 
 
 # --------------------------------------------------------------------------- parsing
@@ -441,29 +445,13 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 # --------------------------------------------------------------------------- loading
 
-def read_toml(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(path), None, "file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(str(path), None, "is a directory, expected a TOML file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(str(path), None, f"cannot read file ({err.__class__.__name__}: {err})") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(path), None, f"TOML syntax error: {err}") from None
-
-
 def from_dict(raw: dict, file: str = "<config>") -> Config:
     load_components()
     raw = dict(raw)
     parser = _Parser(file)
     cfg = parser.dataclass(Config, raw, "")
     parser.raise_errors()  # every key's error at once; the checks below need a typed config
-    cfg.source_file = file
+    cfg.source_file, cfg.source_chain = file, [file]
     if "evaluate" not in raw:
         # each scheme names its own defaults (task names or tables)
         from tfgen.inference.capabilities import scheme_class
@@ -479,14 +467,17 @@ def from_dict(raw: dict, file: str = "<config>") -> Config:
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config in ``path`` with ``overrides`` applied; an error in a key an override set
-    names the command line (``exp.toml: --set train.epochs: ...``), the others the file."""
-    raw = read_toml(path)
-    apply_overrides(raw, list(overrides))
+    """The config in ``path``, composed with the files it extends (tfgen.compose), with
+    ``overrides`` applied; an error in a key an override set names the command line
+    (``exp.toml: --set train.epochs: ...``), the others the file that set the key."""
+    composed = compose(path)
+    raw = apply_overrides(composed.raw, list(overrides))
     try:
-        return from_dict(raw, str(path))
+        cfg = from_dict(raw, str(path))
     except ConfigError as err:
-        raise blame_overrides(err, overrides, str(path)) from None
+        raise blame_overrides(composed.attribute(err), overrides, str(path)) from None
+    cfg.source_chain = composed.chain
+    return cfg
 
 
 def override_keys(overrides: list[str] | tuple[str, ...]) -> list[str]:
