@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent / "tfgen"
 
 #: (layer, its modules), from the bottom up
 LAYERS = [
-    ("ground floor", "tfgen tfgen.errors tfgen.schema tfgen.registry"),
+    ("ground floor", "tfgen tfgen.errors tfgen.schema tfgen.registry tfgen.compose"),
     ("config", "tfgen.config"),
     ("data and the machine",
      "tfgen.data tfgen.data.bundle tfgen.data.checks tfgen.data.idx tfgen.data.image_folder "

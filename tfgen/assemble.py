@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tfgen import config, runtime
 from tfgen.config import Config
+from tfgen.compose import compose
 from tfgen.data import DataBundle, load_data
 from tfgen.errors import ConfigError
 # the component modules: importing them registers their entries (each one's decorator)
@@ -55,14 +56,17 @@ def from_dict(raw: dict, file: str = "<config>") -> Config:
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config in ``path`` with ``overrides`` applied; an error in a key an override set
-    names the command line (``exp.toml: --set train.epochs: ...``), the others the file."""
-    raw = config.read_toml(path)
-    config.apply_overrides(raw, list(overrides))
+    """The config in ``path``, composed with the files it extends (:mod:`tfgen.compose`), with
+    ``overrides`` applied; an error in a key an override set names the command line
+    (``exp.toml: --set train.epochs: ...``), the others the file that set the key."""
+    composed = compose(path)
+    raw = config.apply_overrides(composed.raw, list(overrides))
     try:
-        return from_dict(raw, str(path))
+        cfg = from_dict(raw, str(path))
     except ConfigError as err:
-        raise config.blame_overrides(err, overrides, str(path)) from None
+        raise config.blame_overrides(composed.attribute(err), overrides, str(path)) from None
+    cfg.source_chain = composed.chain
+    return cfg
 
 
 def load_resumed(path: str | Path, overrides: list[str] | tuple[str, ...],

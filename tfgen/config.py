@@ -27,6 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from tfgen.compose import compose, read_toml
 from tfgen.errors import ConfigError
 from tfgen.schema import Component, Empty, field
 
@@ -174,6 +175,9 @@ class Config:
 
     source_file: str = dataclasses.field(default="<config>", compare=False, repr=False,
                                          metadata={"internal": True})
+    #: the files composed into it (tfgen.compose), source_file last
+    source_chain: list[str] = dataclasses.field(default_factory=list, compare=False,
+                                                repr=False, metadata={"internal": True})
 
 
 # --------------------------------------------------------------------------- parsing
@@ -417,29 +421,13 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 # --------------------------------------------------------------------------- loading
 
-def read_toml(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(path), None, "file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(str(path), None, "is a directory, expected a TOML file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(str(path), None, f"cannot read file ({err.__class__.__name__}: {err})") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(path), None, f"TOML syntax error: {err}") from None
-
-
 def from_dict(raw: dict, file: str, catalog: Catalog) -> Config:
     """The typed config of the tables ``raw`` (read from ``file``), its component sections
     validated against the entries of ``catalog``; every key's error at once."""
     parser = _Parser(file, catalog)
     cfg = parser.dataclass(Config, dict(raw), "")
     parser.raise_errors()
-    cfg.source_file = file
+    cfg.source_file, cfg.source_chain = file, [file]
     return cfg
 
 

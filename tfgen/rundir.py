@@ -85,8 +85,14 @@ def create_run_dir(cfg: Config) -> Path:
 
 
 def write_config(run_dir: Path, cfg: Config) -> None:
+    """The resolved config, flat: the files it extends merged in, defaults filled."""
+    composed = (f" (composed from {', '.join(cfg.source_chain)})"
+                if len(cfg.source_chain) > 1 else "")
+    # a file name may hold a line break, which would end the comment inside the TOML
+    source = "".join(ch if " " <= ch != "\x7f" else repr(ch)[1:-1]
+                     for ch in f"{cfg.source_file}{composed}")
     header = (f"# Resolved config of this run (defaults filled, overrides applied).\n"
-              f"# Source: {cfg.source_file}.  Run it again with: tfgen run {run_dir / CONFIG_NAME}\n")
+              f"# Source: {source}.  Run it again with: tfgen run {run_dir / CONFIG_NAME}\n")
     atomic_write(run_dir / CONFIG_NAME, header + dumps_toml(to_dict(cfg)))
 
 
@@ -110,6 +116,7 @@ def write_run_info(run_dir: Path, cfg: Config, overrides: list[str], resumed: bo
                             f"the earlier sessions are lost from it"}
     if "sessions" not in info:
         info.update({"created": event["time"], "source_config": cfg.source_file,
+                     "config_chain": cfg.source_chain,
                      "seed": cfg.experiment.seed, "versions": package_versions(),
                      "git": git_commit(), "host": platform.node(), "sessions": [event]})
     atomic_write(path, json.dumps(info, indent=1))
