@@ -10,7 +10,8 @@ import pytest
 
 from conftest import REPO, run_cli, tiny_config
 from tfgen.compose import compose
-from tfgen.config import load_config, to_dict
+from tfgen.assemble import load_config
+from tfgen.config import to_dict
 from tfgen.errors import ConfigError
 
 try:
