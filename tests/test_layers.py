@@ -3,7 +3,8 @@
 The layers, from the bottom up; a module imports from its own layer and the layers below it,
 never from one above (the flow ``TOML -> Config -> assembled components -> run``):
 
-1. ground floor -- ``errors``, ``schema`` (``field``, ``Component``, ``Empty``), ``registry``:
+1. ground floor -- ``errors``, ``schema`` (``field``, ``Component``, ``Empty``), ``registry``,
+   ``compose`` (reading config files, ``extends``):
    they import nothing of tfgen's above them, so every module may use them;
 2. config -- the typed config, parsed against the registries it is given (it is data);
 3. data and the machine -- ``data/``, ``memory``, ``runtime``, ``distribute``, ``execution``,
@@ -15,7 +16,9 @@ never from one above (the flow ``TOML -> Config -> assembled components -> run``
 8. resources -- the memory estimate (it traces models and schemes);
 9. assemble -- the composition root: it imports every component and builds a run's pieces;
 10. run -- ``checkpoints``, ``training``, ``runner``, ``rundir``, ``runlock``;
-11. cli.
+11. api -- the public Python API (``tfgen/__init__.py`` offers it lazily, ``api``) and
+    ``export`` (a run as a SavedModel);
+12. cli.
 
 Every import counts, those inside functions too: a lazy import hides a circle, it does not
 remove it.  Every module of tfgen must be in :data:`LAYERS` (a new module is placed there).
@@ -29,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent / "tfgen"
 
 #: (layer, its modules), from the bottom up
 LAYERS = [
-    ("ground floor", "tfgen tfgen.errors tfgen.schema tfgen.registry tfgen.compose"),
+    ("ground floor", "tfgen.errors tfgen.schema tfgen.registry tfgen.compose"),
     ("config", "tfgen.config"),
     ("data and the machine",
      "tfgen.data tfgen.data.bundle tfgen.data.checks tfgen.data.idx tfgen.data.image_folder "
@@ -65,6 +68,7 @@ LAYERS = [
     ("resources", "tfgen.resources"),
     ("assemble", "tfgen.assemble"),
     ("run", "tfgen.checkpoints tfgen.training tfgen.runner tfgen.rundir tfgen.runlock"),
+    ("api", "tfgen tfgen.api tfgen.export"),  # tfgen/__init__.py: the public API, lazily
     ("cli", "tfgen.cli tfgen.__main__"),
 ]
 

@@ -1,4 +1,4 @@
-"""The ``tfgen`` command line: run, validate, complete, list."""
+"""The ``tfgen`` command line: run, validate, eval, complete, export, list."""
 from __future__ import annotations
 
 import contextlib
@@ -322,6 +322,33 @@ def _numbers(results: dict) -> str:
     """A task's scalar results, "name value, ..."."""
     return ", ".join(f"{name} {value:.6g}" for name, value in results.items()
                      if isinstance(value, float))
+
+
+@app.command()
+def export(
+    run_dir: str = typer.Argument(..., help="A finished (or interrupted) run's directory, "
+                                            "<output_dir>/<name>/<timestamp>."),
+    out: Optional[str] = typer.Option(None, "--out", help="The SavedModel's folder (default "
+                                      "RUN_DIR/export/savedmodel); an earlier export there is "
+                                      "replaced, any other existing folder refused."),
+    memory_check: bool = typer.Option(True, "--memory-check/--no-memory-check",
+                                      help="Refuse a run whose estimated memory need exceeds "
+                                           "the available memory (on by default)."),
+    debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of any failure."),
+) -> None:
+    """Write a finished run as a TensorFlow SavedModel that plain TensorFlow loads
+    (tf.saved_model.load): signatures decode (z -> the likelihood's mean and parameters),
+    sample (n, seed -> latents and images from the run's own prior) and, for schemes with an
+    encoder, encode (images -> mean, stddev, log-variance of q(z | y)). Uses the weights
+    tfgen eval uses; written atomically."""
+    with _one_line_errors(debug):
+        from tfgen.export import export_run
+
+        target, manifest = export_run(run_dir, out, memory_check)
+        size = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+        typer.echo(f"exported {run_dir} (step {manifest['step']}, {manifest['weights']}) to "
+                   f"{target}: signatures {', '.join(manifest['signatures'])}; "
+                   f"{size / 2**20:.1f} MiB")
 
 
 @app.command("list")

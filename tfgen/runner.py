@@ -53,9 +53,10 @@ def _hold(context):
 
 
 @_holding_until_return
-def run(config_path: str | None, overrides: list[str], resume: str | None, quiet: bool,
+def run(config_path: str | Config | None, overrides: list[str], resume: str | None, quiet: bool,
         memory_check: bool = True, worker_index: int | None = None) -> Path:
-    """Train and evaluate; returns the run directory.
+    """Train and evaluate; returns the run directory.  ``config_path`` is a TOML file or an
+    already loaded :class:`Config` (``tfgen.run`` from Python; ``overrides`` then empty).
 
     The order is what keeps a run directory safe: everything that can be refused (the config,
     the data, the memory estimate, the checkpoint and whether it fits the config) is decided
@@ -74,6 +75,8 @@ def run(config_path: str | None, overrides: list[str], resume: str | None, quiet
         run_dir = open_run_dir(resume)
         # a change the checkpoint cannot take is refused as the change it is (naming --set)
         run_cfg, cfg = load_resumed(run_dir / CONFIG_NAME, overrides, str(run_dir))
+    elif isinstance(config_path, Config):
+        cfg, config_path = config_path, config_path.source_file
     else:
         cfg = load_config(config_path, overrides)
     # before TensorFlow touches a device: threads, logical devices, the cluster
@@ -387,12 +390,13 @@ def load_checked(cfg: Config,
     return data, resources.check_memory(cfg, data) if memory_check else None
 
 
-def open_run(run_dir: str, tasks: list[dict] | None = None,
-             command: str = "tfgen eval", memory_check: bool = True) -> OpenedRun:
+def open_run(run_dir: str, tasks: list[dict] | None = None, command: str = "tfgen eval",
+             memory_check: bool = True, purpose: str = "evaluate") -> OpenedRun:
     """A finished run, ready to be evaluated again: its config (with ``tasks``, raw
     ``[[evaluate]]`` tables, in place of its own), data and scheme, with the weights its own
     evaluation used -- the best checkpoint if early stopping kept the best weights, else the
-    newest intact one (restored by the trainer's own entry points).  Writes nothing."""
+    newest intact one (restored by the trainer's own entry points).  Writes nothing;
+    ``purpose`` is what a run without a checkpoint is refused for ("evaluate", "export")."""
     path = open_run_dir(run_dir, command)
     config_file = path / CONFIG_NAME
     cfg = load_config(config_file)  # the run's own config errors name its file
@@ -406,7 +410,7 @@ def open_run(run_dir: str, tasks: list[dict] | None = None,
     trainer = Trainer(cfg, data, scheme, path, Progress(False), generator)
     restored = trainer.restore()
     if restored is None:
-        raise CheckpointError(f"{path}: has no checkpoint to evaluate (the run was stopped "
+        raise CheckpointError(f"{path}: has no checkpoint to {purpose} (the run was stopped "
                               f"before its first checkpoint)")
     weights = restored.path
     stopping = cfg.train.early_stopping

@@ -32,19 +32,32 @@ class SamplesConfig:
     show: Literal["mean", "sample"] = field("mean", help="decoder mean E[y|z], or a draw y ~ p(y|z)")
 
     def check(self, cfg):
-        if has(cfg, ImageSampler) and self.sampler == "prior":
-            return  # the model's own samples
-        check_sampler(cfg, self.sampler, "evaluate.sampler")
+        check_samples(cfg, self.sampler, "evaluate.sampler")
+
+
+def check_samples(cfg, sampler: str, key: str) -> None:
+    """Load-time: the scheme can give images from ``sampler`` (``key`` names it in errors)."""
+    if has(cfg, ImageSampler) and sampler == "prior":
+        return  # the model's own samples
+    check_sampler(cfg, sampler, key)
+
+
+def draw_images(scheme, num: int, sampler: str, show: str, seed: int) -> np.ndarray:
+    """``num`` images [num, H, W, C] in the data's pixel range: the model's own samples
+    (:class:`ImageSampler`), else latents from ``sampler`` (z ~ p(z) from the seed
+    [seed, 0]) decoded to E[y | z] (``show = "mean"``) or to a draw y ~ p(y | z) (seed
+    [seed, 1])."""
+    if isinstance(scheme, ImageSampler):  # a model without a latent to decode
+        return np.asarray(scheme.sample_images(num, seed, mean=show == "mean"))
+    z = sample_latents(sampler, scheme, num, seed)
+    out = scheme.model.decode(z)
+    lik = scheme.model.likelihood
+    images = lik.mean(out) if show == "mean" else lik.sample(out, seed=tf.constant([seed, 1]))
+    return np.asarray(images)
 
 
 def sample_grid(scheme, params: SamplesConfig, seed: int, pixel_range) -> np.ndarray:
     """Images decoded from latents drawn by ``params.sampler`` (or, for a model without a
     latent to decode, the model's own samples), ``params.ncols`` a row."""
-    if isinstance(scheme, ImageSampler):  # a model without a latent to decode
-        images = scheme.sample_images(params.num_images, seed, mean=params.show == "mean")
-        return figures.image_grid(np.asarray(images), params.ncols, pixel_range)
-    z = sample_latents(params.sampler, scheme, params.num_images, seed)
-    out = scheme.model.decode(z)
-    lik = scheme.model.likelihood
-    images = lik.mean(out) if params.show == "mean" else lik.sample(out, seed=tf.constant([seed, 1]))
-    return figures.image_grid(np.asarray(images), params.ncols, pixel_range)
+    images = draw_images(scheme, params.num_images, params.sampler, params.show, seed)
+    return figures.image_grid(images, params.ncols, pixel_range)
