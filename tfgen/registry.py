@@ -79,6 +79,6 @@ def load_components() -> None:
     from tfgen.evaluation import completion, interpolation, latent_space, tasks  # noqa: F401
     from tfgen.evaluation import quality  # noqa: F401  (sample_quality, feature_classifier)
     from tfgen.geometry import tasks as geometry_tasks  # noqa: F401
-    from tfgen.inference import (adversarial, autoregressive, em, flow, map_latents, pga,  # noqa: F401
-                                 svi, vae)
+    from tfgen.inference import (abp, adversarial, autoregressive, em, flow, map_latents,  # noqa: F401
+                                 pga, short_run, svi, vae)
     from tfgen.models import likelihoods, networks, priors  # noqa: F401
