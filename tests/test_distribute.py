@@ -33,6 +33,9 @@ SCHEMES = {
     "pga": 'particles = 3\nchunk_size = 24\nstep_size = 0.01\ntheta_scale = 0.001\n',
     "svi": 'validation_images = 8\nvalidation_fit_steps = 3\n',
     "gan": 'loss = "non_saturating"\n',
+    # the chains' noise per image, abp's table sharded by rows (as pga's cloud)
+    "abp": 'langevin_steps = 3\nstep_size = 0.01\n',
+    "short_run": 'langevin_steps = 3\nstep_size = 0.01\n',
 }
 
 

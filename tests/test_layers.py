@@ -44,7 +44,7 @@ LAYERS = [
      "tfgen.models.likelihoods tfgen.models.linear_em tfgen.models.model tfgen.models.networks "
      "tfgen.models.pixelcnn tfgen.models.ppca tfgen.models.priors"),
     ("inference",
-     "tfgen.inference tfgen.inference.adversarial tfgen.inference.adversarial_losses "
+     "tfgen.inference tfgen.inference.abp tfgen.inference.short_run tfgen.inference.langevin_chains tfgen.inference.adversarial tfgen.inference.adversarial_losses "
      "tfgen.inference.autoregressive tfgen.inference.base tfgen.inference.capabilities "
      "tfgen.inference.elbo tfgen.inference.em tfgen.inference.estimators "
      "tfgen.inference.fitting tfgen.inference.flow tfgen.inference.grids "

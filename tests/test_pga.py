@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from scipy import stats
 
+import ppca_helpers as ppca
 from conftest import build_in_memory, run_cli
+from ppca_helpers import linear_theta, ppca_sample, tipping_bishop_ml
 from tfgen.assemble import from_dict
 from tfgen.errors import ConfigError
 from tfgen.evaluation import completion as inpainting
@@ -35,12 +36,6 @@ def make_pga(images: np.ndarray, latent_dim: int, inference: dict, decoder=None,
         "train": {"batch_size": batch_size, "compile": compile_mode},
         "evaluate": [],
     }, images, pixel_range)
-
-
-def linear_theta(scheme) -> tuple[np.ndarray, np.ndarray]:
-    """(W [D, d], b [D]) of the linear decoder y = W z + b (an ``mlp`` with no hidden layer)."""
-    head = scheme.model.decoder.head
-    return head.kernel.numpy().T.astype(np.float64), head.bias.numpy().astype(np.float64)
 
 
 def normal_langevin_expected(scheme, images, h, noise):
@@ -77,18 +72,11 @@ def test_pga_theta_reaches_the_ppca_maximum_likelihood():
     the sample covariance).  log N(y | b, W W^T + s^2 I) is invariant to R: PGA must reach
     the ML marginal likelihood (and the eigenvalues of W W^T + s^2 I), not a rank-1 fit."""
     D, d, sigma, M = 5, 2, 1.0, 300
-    rng = np.random.default_rng(0)
-    W_true = np.linalg.qr(rng.normal(size=(D, d)))[0] * np.array([3.0, 2.0])
-    b_true = rng.normal(size=D)
-    Y = rng.normal(size=(M, d)) @ W_true.T + b_true + sigma * rng.normal(size=(M, D))
-
-    S = np.cov(Y.T, bias=True)
-    eigenvalues, U = np.linalg.eigh(S)
-    top, U = eigenvalues[::-1][:d], U[:, ::-1][:, :d]
-    W_ml, b_ml = U * np.sqrt(top - sigma**2), Y.mean(axis=0)
+    Y = ppca_sample(D, d, sigma, M, scales=[3.0, 2.0])
+    W_ml, b_ml, top = tipping_bishop_ml(Y, d, sigma)
 
     def mean_log_marginal(W, b):
-        return stats.multivariate_normal(b, W @ W.T + sigma**2 * np.eye(D)).logpdf(Y).mean()
+        return ppca.mean_log_marginal(Y, W, b, sigma)
 
     h, learning_rate, batch = 0.005, 0.02, 50
     scheme = make_pga(Y.reshape(M, 1, D, 1), d, {"particles": 10, "step_size": h,

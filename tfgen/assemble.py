@@ -28,8 +28,8 @@ from tfgen.errors import ConfigError
 from tfgen.evaluation import completion, interpolation, latent_space, quality, tasks  # noqa: F401
 from tfgen.geometry.tasks import (geodesic_kmeans, geodesics, metric_map,  # noqa: F401
                                   random_walk, rbf_precision)
-from tfgen.inference import (adversarial, autoregressive, em, flow, map_latents, pga,  # noqa: F401
-                             svi, vae)
+from tfgen.inference import (abp, adversarial, autoregressive, em, flow, map_latents, pga,  # noqa: F401
+                             short_run, svi, vae)
 from tfgen.inference.capabilities import AmortizedPosterior, require
 from tfgen.models import layer_list, likelihoods, networks, priors  # noqa: F401
 from tfgen.models.model import build_model

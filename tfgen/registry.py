@@ -84,4 +84,3 @@ ALL = {
     "schemes": SCHEMES,
     "evaluations": EVALUATIONS,
 }
-

@@ -12,12 +12,15 @@ scheme) and the schemes that would do.
 * :class:`AmortizedPosterior` -- an encoder q_phi(z | y) for any image, in one pass.
 * :class:`Posterior` -- some Gaussian q(z | y) for any image: the encoder's, or one fitted at
   test time (svi).  Gives the ELBO, the importance-sampled log-likelihood, reconstructions.
+* :class:`LatentCloud` -- latents of the training images as a cloud of points: a per-datapoint
+  table's rows, or (``short_run``, which keeps none) the ends of fresh chains run on them.
 * :class:`PerDatapointLatents` -- a table of latents per training image
-  (:class:`tfgen.inference.latents.LatentTable`), e.g. PGA's particle cloud.
+  (:class:`tfgen.inference.latents.LatentTable`), e.g. PGA's particle cloud: a latent cloud
+  that persists, row m being image m's.
 * :class:`LogLikelihood` -- an exact or estimated log p(y) for any image.
 * :class:`ExactLogLikelihood` -- log p(y) in closed form.
 * :class:`ImageSampler` -- images drawn from the model itself, with no latent to decode.
-* :class:`TrainingLatents` -- latents of the training images: per-datapoint latents or an
+* :class:`TrainingLatents` -- latents of the training images: a latent cloud or an
   encoder's means (a scheme has it when it has either; :class:`AnyOf`).
 """
 from __future__ import annotations
@@ -69,14 +72,23 @@ class AmortizedPosterior(Posterior):
         return self.posterior(images)
 
 
-class PerDatapointLatents(Capability):
-    """A :class:`~tfgen.inference.latents.LatentTable` of per-training-image latents."""
+class LatentCloud(Capability):
+    """Latents of the training images as points (what the ``particle_gaussian`` and ``gmm``
+    samplers fit), whether the scheme keeps them or draws them when asked."""
 
-    description = "per-datapoint latents"
+    description = "a cloud of training-image latents"
 
     def latent_cloud(self) -> tf.Tensor:
-        """The latents of all training images as points [n, d] (e.g. every particle)."""
+        """The latents of the training images as points [n, d] (e.g. every particle)."""
         raise NotImplementedError
+
+
+class PerDatapointLatents(LatentCloud):
+    """A :class:`~tfgen.inference.latents.LatentTable` of per-training-image latents: the
+    cloud persists, and row m belongs to training image m (tasks that pair latents with
+    their images ask for this)."""
+
+    description = "per-datapoint latents"
 
 
 class LogLikelihood(Capability):
@@ -124,8 +136,8 @@ class AnyOf(type):
 class TrainingLatents(Capability, metaclass=AnyOf):
     """Latents of the training images: per-datapoint latents, or the encoder's means."""
 
-    description = "latents of the training images (per-datapoint latents, or an encoder)"
-    members = (PerDatapointLatents, AmortizedPosterior)
+    description = "latents of the training images (a latent cloud, or an encoder)"
+    members = (LatentCloud, AmortizedPosterior)
 
 
 def schemes_with(capability: type[Capability]) -> list[str]:

@@ -10,6 +10,10 @@ pi(x) and step size h,
 
     x' = x + h grad log pi(x) + sqrt(2 h) w,   w ~ N(0, I).
 
+(Han et al. 2017 write the same move with s = sqrt(2h): x' = x + s^2/2 grad log pi(x) + s w.)
+For a Gaussian pi = N(mu, P^-1) the chain stays Gaussian with mean mu at stationarity and
+covariance (P (I - h P / 2))^-1 instead of P^-1: ULA's O(h) bias (tests/test_chains.py).
+
 Adam (Kingma & Ba 2015, Algorithm 1), element-wise with step counts t that may differ per
 row (a per-datapoint latent takes a step only when its image is in the batch):
 
@@ -43,13 +47,16 @@ def standard_normal(shape, seed: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
 
 
 def langevin_step(x: tf.Tensor, grad_log_density: tf.Tensor, step_size: float,
-                  seed: tf.Tensor | None = None, noise: tf.Tensor | None = None) -> tf.Tensor:
-    """One unadjusted Langevin move: x + h grad log pi(x) + sqrt(2h) w (seed 000, eq. (3)),
+                  seed: tf.Tensor | None = None, noise: tf.Tensor | None = None,
+                  noise_scale: float = 1.0) -> tf.Tensor:
+    """One unadjusted Langevin move: x + h grad log pi(x) + c sqrt(2h) w (seed 000, eq. (3)),
     w ~ N(0, I) from ``seed``, or ``noise`` itself (noise indexed by image or row chunk:
-    :mod:`tfgen.distribute`)."""
+    :mod:`tfgen.distribute`).  c = ``noise_scale`` is 1 for the Langevin kernel whose
+    stationary law is pi (up to ULA's O(h) bias); other values are tempered moves (0: gradient
+    ascent on log pi), as the short-run chains of :mod:`tfgen.inference.langevin_chains` allow."""
     if noise is None:
         noise = standard_normal(tf.shape(x), seed, x.dtype)
-    return x + step_size * grad_log_density + math.sqrt(2.0 * step_size) * noise
+    return x + step_size * grad_log_density + noise_scale * math.sqrt(2.0 * step_size) * noise
 
 
 def seeds_from(generator: tf.random.Generator, count: int | None = None) -> tf.Tensor:

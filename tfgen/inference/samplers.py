@@ -8,21 +8,20 @@ final particle cloud (X^{n,m})_{n <= N, m <= M},
     mu = 1/(NM) sum_{n,m} X^{n,m},   Sigma = 1/(NM - 1) sum_{n,m} (X^{n,m} - mu)(X^{n,m} - mu)^T,
 
 because the decoder is trained where the particles are, which need not be where the prior
-puts its mass.  It needs a scheme with per-datapoint latents (the
-:class:`~tfgen.inference.capabilities.PerDatapointLatents` interface, whose ``latent_cloud()``
-returns them as [M * N, d]).
+puts its mass.  It needs a scheme with a cloud of training latents (the
+:class:`~tfgen.inference.capabilities.LatentCloud` interface, whose ``latent_cloud()``
+returns them as [M * N, d]: PGA's particles, or short_run's fresh chains).
 
 ``gmm`` (Chadebec & Allassonniere 2022, "A geometric perspective on variational autoencoders",
 who report that drawing a VAE's latents from a mixture fitted to the training latents
 instead of the prior shrinks its MNIST FID several-fold): z ~ sum_k pi_k N(mu_k, Sigma_k), a
 Gaussian mixture with K full-covariance components fitted by EM (Dempster, Laird & Rubin
 1977; Bishop 2006, section 9.2.2; :mod:`tfgen.models.gmm`) in float64 to the training images'
-latents: the per-datapoint latents (``latent_cloud()``) of schemes that keep them, else the
-encoder means E_q[z | y_m] of the training images
-(:class:`~tfgen.inference.capabilities.AmortizedPosterior`).  Each EM start is seeded by
-k-means++ (Arthur & Vassilvitskii 2007) and a few Lloyd steps; the start with the highest
-final log-likelihood of ``restarts`` is kept; every draw comes from a fixed seed, so the same
-latents give the same mixture and the same samples.
+latents: the latent cloud (``latent_cloud()``) of schemes that have one, else the encoder means
+E_q[z | y_m] of the training images (:class:`~tfgen.inference.capabilities.AmortizedPosterior`).
+Each EM start is seeded by k-means++ (Arthur & Vassilvitskii 2007) and a few Lloyd steps; the
+start with the highest final log-likelihood of ``restarts`` is kept; every draw comes from a
+fixed seed, so the same latents give the same mixture and the same samples.
 """
 from __future__ import annotations
 
@@ -34,8 +33,7 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-from tfgen.inference.capabilities import (LatentSampler, PerDatapointLatents, TrainingLatents,
-                                          require)
+from tfgen.inference.capabilities import LatentCloud, LatentSampler, TrainingLatents, require
 from tfgen.models.gmm import GMMParams, fit_gmm, sample_gmm
 from tfgen.schema import field
 
@@ -43,7 +41,7 @@ from tfgen.schema import field
 Sampler = Literal["prior", "particle_gaussian", "gmm"]
 SAMPLERS = typing.get_args(Sampler)
 #: the capability each sampler needs from the scheme
-NEEDS = {"prior": LatentSampler, "particle_gaussian": PerDatapointLatents, "gmm": TrainingLatents}
+NEEDS = {"prior": LatentSampler, "particle_gaussian": LatentCloud, "gmm": TrainingLatents}
 
 
 def check_sampler(cfg, sampler: str, key: str) -> None:
@@ -90,10 +88,10 @@ class GMMConfig:
 
 
 def training_latents(scheme, batch_size: int = 500) -> np.ndarray:
-    """The training images' latents [n, d]: per-datapoint latents (every particle, for PGA), or
+    """The training images' latents [n, d]: the latent cloud (every particle, for PGA), or
     the encoder's means E_q[z | y_m] of the training images (as stored, before any dynamic
     binarization)."""
-    if isinstance(scheme, PerDatapointLatents):
+    if isinstance(scheme, LatentCloud):
         return np.asarray(scheme.latent_cloud(), np.float64)
     images = scheme.data.train.images
     return np.concatenate([scheme.posterior(tf.constant(images[i:i + batch_size])).mean().numpy()
