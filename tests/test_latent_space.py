@@ -271,8 +271,8 @@ def test_pga_run_scatter_is_the_pca_of_its_particle_means(pga_run):
 
     result = run_cli("eval", str(pga_run), "--task", "latent_scatter", "--task",
                      "embedding_projector", "--task", "interpolation", "--set", "num_points=50")
-    # num_points is not a key of interpolation
-    assert result.returncode == 2 and "evaluate[2].num_points: unknown key" in result.stderr
+    # num_points is not a key of interpolation; the error names the option that set it
+    assert result.returncode == 2 and "tfgen eval: --set num_points: unknown key" in result.stderr
     for task in ["latent_scatter", "embedding_projector"]:
         result = run_cli("eval", str(pga_run), "--task", task, "--set", "num_points=50")
         assert result.returncode == 0, result.stderr
