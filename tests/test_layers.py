@@ -15,6 +15,7 @@ never from one above (the flow ``TOML -> Config -> assembled components -> run``
 7. geometry -- the decoder's latent geometry and its tasks (on evaluation's task context);
 8. resources -- the memory estimate (it traces models and schemes);
 9. assemble -- the composition root: it imports every component and builds a run's pieces;
+   plugins -- the user's components, loaded after the built-in ones;
 10. run -- ``checkpoints``, ``training``, ``runner``, ``rundir``, ``runlock``;
 11. api -- the public Python API (``tfgen/__init__.py`` offers it lazily, ``api``) and
     ``export`` (a run as a SavedModel);
@@ -66,7 +67,7 @@ LAYERS = [
      "tfgen.geometry.tasks.metric_map tfgen.geometry.tasks.random_walk "
      "tfgen.geometry.tasks.rbf_precision"),
     ("resources", "tfgen.resources"),
-    ("assemble", "tfgen.assemble"),
+    ("assemble", "tfgen.assemble tfgen.plugins"),
     ("run", "tfgen.checkpoints tfgen.training tfgen.runner tfgen.rundir tfgen.runlock"),
     ("api", "tfgen tfgen.api tfgen.export"),  # tfgen/__init__.py: the public API, lazily
     ("cli", "tfgen.cli tfgen.__main__"),

@@ -7,19 +7,22 @@ the parser (:mod:`tfgen.config`, which knows none of them), gives a config witho
 component's own ``check(cfg)``, the scheme's ``check_config(cfg)``, what a prior needs of the
 scheme) and builds the model and the scheme for a run (:func:`build`).  The CLI and the
 runner load every config through it: ``tfgen validate``, ``tfgen list``, ``tfgen run``
-(and ``--resume``), ``tfgen eval`` and ``tfgen complete``.
+(and ``--resume``), ``tfgen eval`` and ``tfgen complete``.  After the built-in components it
+loads the plugins (:func:`load_plugins`, :mod:`tfgen.plugins`): installed ones on the first
+config loaded, those ``--plugin`` names when a command starts.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import functools
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import tensorflow as tf
 
-from tfgen import config, runtime
+from tfgen import config, plugins, runtime
 from tfgen.config import Config
 from tfgen.compose import compose
 from tfgen.data import DataBundle, load_data
@@ -42,10 +45,18 @@ CATALOG = ALL
 
 # --------------------------------------------------------------------------- loading
 
+def load_plugins(specs: Sequence[str] = ()) -> list[plugins.Plugin]:
+    """Load the plugins, after the built-in components (imported above): the installed ones
+    (entry points of ``tfgen.components``), those the environment's ``TFGEN_PLUGINS`` names
+    and ``specs`` (``--plugin``); each once per process.  Returns every plugin loaded."""
+    return plugins.load(specs, os.environ.get(plugins.ENVIRONMENT, ""))
+
+
 def from_dict(raw: dict, file: str = "<config>") -> Config:
     """The config of the TOML tables ``raw`` (read from ``file``): parsed against the
-    registries, with the scheme's default ``[[evaluate]]`` list where it gives none, and
-    checked across sections."""
+    registries (the plugins loaded first), with the scheme's default ``[[evaluate]]`` list
+    where it gives none, and checked across sections."""
+    load_plugins()
     cfg = config.from_dict(raw, file, CATALOG)
     if "evaluate" not in raw:
         # each scheme names its own defaults (task names or tables)

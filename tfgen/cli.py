@@ -44,8 +44,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="tfgen: declarative, TOML-driven training of deep latent-variable "
                        "generative models on TensorFlow.")
 
+PLUGIN_HELP = ("Load components (networks, likelihoods, priors, schemes, evaluation tasks) from "
+               "this Python file (.py) or importable module, after the built-in and installed "
+               "ones; repeatable. TFGEN_PLUGINS (os.pathsep-separated) names more.")
+
 SET_HELP = ("Override a config key with a TOML-typed value, e.g. --set train.epochs=3 "
             "--set model.prior.dim=2 --set 'data.train_split=\"train[:1000]\"'. Repeatable.")
+
+
+def _load_plugins(specs: List[str]) -> None:
+    """The plugins (installed, TFGEN_PLUGINS, ``--plugin``), before the command reads a config."""
+    from tfgen.assemble import load_plugins
+
+    load_plugins(specs)
 
 
 def _fail(err) -> None:
@@ -134,6 +145,7 @@ def run(
         None, "--worker-index", min=0,
         help="This machine's index in runtime.workers (runtime.strategy = \"multi_worker\"; "
              "sets TF_CONFIG). Worker 0 writes the run directory."),
+    plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ) -> None:
     """Train and evaluate the experiment in CONFIG; writes runs/<name>/<timestamp>/. Ctrl-C,
     SIGTERM or SIGUSR1 stop it after the current step with a checkpoint (exit 130, 143, 138;
@@ -145,6 +157,7 @@ def run(
         from tfgen import runtime
         from tfgen.runner import run as run_experiment
 
+        _load_plugins(plugin)
         if eager:
             runtime.force_eager(True)
         run_experiment(config, set_, resume, quiet, memory_check, worker_index)
@@ -154,12 +167,17 @@ def run(
 def validate(
     files: List[str] = typer.Argument(..., help="TOML files to check."),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
+    plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
+    debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of a plugin "
+                                                      "that fails to load."),
 ) -> None:
     """Check experiment files without running them: every error of every file, one line each
     (exit 2 if any file is bad)."""
     from tfgen.assemble import load_config
     from tfgen.errors import TfgenError
 
+    with _one_line_errors(debug):
+        _load_plugins(plugin)
     failed = False
     for file in files:
         try:
@@ -208,6 +226,7 @@ def complete(
                                       help="Refuse tasks whose estimated memory need exceeds "
                                            "the available memory (on by default)."),
     debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of any failure."),
+    plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ) -> None:
     """Complete partly hidden images with a finished run's decoder (any scheme): fit latents to
     the observed pixels, fill the hidden ones; writes a figure to the run's figures/ and merges
@@ -217,6 +236,7 @@ def complete(
         from tfgen.errors import ConfigError
         from tfgen.runner import evaluate_run
 
+        _load_plugins(plugin)
         task = {"task": "complete", **{key: value for key, value in
                                        [("mask", mask), ("mask_file", mask_file), ("split", split),
                                         ("fill", fill)] if value is not None}}
@@ -284,6 +304,7 @@ def eval_(
                                       help="Refuse tasks whose estimated memory need exceeds "
                                            "the available memory (on by default)."),
     debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of any failure."),
+    plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
 ) -> None:
     """Run evaluation tasks on a finished run from its checkpoint, without retraining; merges
     each result, keyed with its settings, into the run's metrics.json (evaluations_after_run)
@@ -295,6 +316,7 @@ def eval_(
         from tfgen.errors import ConfigError
         from tfgen.runner import evaluate_run, finish_evaluation
 
+        _load_plugins(plugin)
         tasks = [{"task": name} for name in task] or None
         finished = None if tasks or set_ else finish_evaluation(run_dir, memory_check)
         if finished is not None:
@@ -355,20 +377,28 @@ def export(
 def list_(
     kind: Optional[str] = typer.Argument(None, help="likelihoods, networks, priors, schemes or evaluations."),
     keys: bool = typer.Option(True, "--keys/--no-keys", help="Show each entry's config keys."),
+    plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
+    debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of a plugin "
+                                                      "that fails to load."),
 ) -> None:
-    """Show what each registry offers, with each entry's config keys and defaults."""
+    """Show what each registry offers, with each entry's config keys and defaults; a plugin's
+    entries with their origin, (plugin DIST VERSION) or (plugin MODULE_OR_FILE)."""
     from tfgen.assemble import CATALOG
     from tfgen.config import describe_fields
+    from tfgen.registry import BUILT_IN
 
     if kind is not None and kind not in CATALOG:
         typer.echo(f"error: unknown registry {kind!r}; allowed: {', '.join(CATALOG)}", err=True)
         raise typer.Exit(2)
+    with _one_line_errors(debug):
+        _load_plugins(plugin)
     for name, registry in CATALOG.items():
         if kind and name != kind:
             continue
         typer.echo(f"{name}:")
         for entry in registry.entries():
-            typer.echo(f"  {entry.name:<18} {entry.summary}")
+            origin = f"({entry.origin}) " if entry.origin != BUILT_IN else ""
+            typer.echo(f"  {entry.name:<18} {origin}{entry.summary}")
             if keys:
                 for key, default, help_text in describe_fields(entry.config_cls):
                     if key == "check":

@@ -89,6 +89,12 @@ class DataFileError(DataError):
         return DataFileError(self.path, self.problem, self.fix, self.array, f"{file}: {key}")
 
 
+class PluginError(TfgenError):
+    """A plugin cannot be loaded (:mod:`tfgen.plugins`): names the plugin, where it came from
+    and what went wrong -- its import failed, or it registers a name that another component
+    has."""
+
+
 class TrainingDiverged(TfgenError):
     """The loss became NaN or infinite."""
 

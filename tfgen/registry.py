@@ -8,15 +8,20 @@ names without knowing anything else about it.
 
 The ground floor: it imports nothing of tfgen's, so a component module registers itself
 without importing anything above it.  The registries fill as the component modules are
-imported; :mod:`tfgen.assemble` imports them all.
+imported; :mod:`tfgen.assemble` imports them all, then the plugins (:mod:`tfgen.plugins`),
+whose entries carry the plugin they came from (:func:`registering_for`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
+
+#: the origin of tfgen's own entries
+BUILT_IN = "built-in"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +30,34 @@ class Entry(Generic[T]):
     factory: T
     config_cls: type | None
     summary: str
+    #: where it came from, as ``tfgen list`` shows it: BUILT_IN, or the plugin's label
+    origin: str = BUILT_IN
+    #: the plugin that registered it (its name, :class:`tfgen.plugins.Plugin`), None if built in
+    plugin: str | None = None
+
+
+class NameTaken(ValueError):
+    """A second registration of a name: a bug among tfgen's own entries, a clash when a plugin
+    registers it (:mod:`tfgen.plugins` tells it as one line naming both origins)."""
+
+    def __init__(self, kind: str, name: str, first: Entry, plugin: str | None, origin: str):
+        self.kind, self.name, self.first, self.plugin, self.origin = kind, name, first, plugin, origin
+        super().__init__(f"{kind} {name!r} registered twice ({first.origin}, then {origin})")
+
+
+#: (plugin name, origin) of the plugin being imported, which its registrations carry
+_registering: tuple[str | None, str] = (None, BUILT_IN)
+
+
+@contextlib.contextmanager
+def registering_for(plugin: str, origin: str) -> Iterator[None]:
+    """The entries registered inside come from ``plugin`` (shown as ``origin``)."""
+    global _registering
+    before, _registering = _registering, (plugin, origin)
+    try:
+        yield
+    finally:
+        _registering = before
 
 
 class Registry(Generic[T]):
@@ -38,10 +71,12 @@ class Registry(Generic[T]):
         """Decorator: ``@LIKELIHOODS.register("beta", config=BetaConfig)``."""
 
         def decorator(factory: T) -> T:
+            plugin, origin = _registering
             if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} registered twice")
+                raise NameTaken(self.kind, name, self._entries[name], plugin, origin)
             doc = (getattr(factory, "__doc__", None) or "").strip().splitlines()
-            self._entries[name] = Entry(name, factory, config, doc[0] if doc else "")
+            self._entries[name] = Entry(name, factory, config, doc[0] if doc else "", origin,
+                                        plugin)
             return factory
 
         return decorator
@@ -69,6 +104,10 @@ class Registry(Generic[T]):
 
     def entries(self) -> list[Entry[T]]:
         return [self._entries[n] for n in self.names()]
+
+    def forget(self, plugin: str) -> None:
+        """Drop the entries ``plugin`` registered (a plugin whose import failed leaves none)."""
+        self._entries = {n: e for n, e in self._entries.items() if e.plugin != plugin}
 
 
 LIKELIHOODS: Registry[Any] = Registry("likelihood")

@@ -16,7 +16,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from tfgen import storage
+from tfgen import plugins, storage
 from tfgen.config import Config, dumps_toml, to_dict
 from tfgen.errors import ConfigError
 
@@ -98,12 +98,13 @@ def write_config(run_dir: Path, cfg: Config) -> None:
 
 def write_run_info(run_dir: Path, cfg: Config, overrides: list[str], resumed: bool,
                    devices: dict | None = None) -> None:
-    """run.json: per session the command line, overrides and (``devices``) the strategy, its
-    replicas and devices; the versions, commit and host when the run was created."""
+    """run.json: per session the command line, overrides, (``devices``) the strategy, its
+    replicas and devices, and the plugins loaded (:func:`tfgen.plugins.records`); the
+    versions, commit and host when the run was created."""
     path = run_dir / RUN_INFO
     event = {"time": dt.datetime.now().isoformat(timespec="seconds"),
              "argv": sys.argv, "overrides": list(overrides), "resumed": resumed,
-             **({"devices": devices} if devices else {})}
+             **({"devices": devices} if devices else {}), "plugins": plugins.records(cfg)}
     info = {}
     if path.exists():
         try:
@@ -120,6 +121,16 @@ def write_run_info(run_dir: Path, cfg: Config, overrides: list[str], resumed: bo
                      "seed": cfg.experiment.seed, "versions": package_versions(),
                      "git": git_commit(), "host": platform.node(), "sessions": [event]})
     atomic_write(path, json.dumps(info, indent=1))
+
+
+def recorded_plugins(run_dir: Path) -> list:
+    """The plugins the run's latest session recorded in run.json ([] if none, or if run.json
+    cannot be read: then a missing plugin is an unknown name in the run's config)."""
+    try:
+        sessions = json.loads((run_dir / RUN_INFO).read_text())["sessions"]
+        return next((s["plugins"] for s in reversed(sessions) if "plugins" in s), [])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:

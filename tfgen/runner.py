@@ -15,16 +15,16 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from tfgen import resources, runlock, runtime, storage
-from tfgen.assemble import build, from_dict, load_config, load_resumed
+from tfgen import plugins, resources, runlock, runtime, storage
+from tfgen.assemble import build, from_dict, load_config, load_plugins, load_resumed
 from tfgen.config import Config, apply_overrides, read_toml, to_dict
 from tfgen.data import DataBundle, load_data
 from tfgen.errors import (CheckpointError, ConfigError, Interrupted, RunFailed, StorageError,
                           TfgenError)
 from tfgen.evaluation.tasks import EvalContext
 from tfgen.registry import EVALUATIONS
-from tfgen.rundir import (CONFIG_NAME, create_run_dir, open_run_dir, write_config, write_metrics,
-                          write_run_info)
+from tfgen.rundir import (CONFIG_NAME, create_run_dir, open_run_dir, recorded_plugins,
+                          write_config, write_metrics, write_run_info)
 from tfgen.signals import InterruptFlag, hook_from_env, signal_name, signal_of
 from tfgen.training import Progress, Trainer
 
@@ -73,6 +73,7 @@ def run(config_path: str | Config | None, overrides: list[str], resume: str | No
     """
     if resume:
         run_dir = open_run_dir(resume)
+        _refuse_missing_plugins(run_dir)
         # a change the checkpoint cannot take is refused as the change it is (naming --set)
         run_cfg, cfg = load_resumed(run_dir / CONFIG_NAME, overrides, str(run_dir))
     elif isinstance(config_path, Config):
@@ -188,6 +189,15 @@ def run(config_path: str | Config | None, overrides: list[str], resume: str | No
     progress.message("evaluation: " + json.dumps(metrics["evaluation"], default=float))
     progress.message(f"done: {run_dir}")
     return run_dir
+
+
+def _refuse_missing_plugins(run_dir: Path) -> None:
+    """A run that uses a plugin's component is refused, naming the plugin, when the plugin is
+    not loaded (before its config is parsed, where it would be an unknown name); one loaded
+    in another version is a warning."""
+    load_plugins()  # the installed ones (the command line's are loaded already)
+    for warning in plugins.refuse_missing(recorded_plugins(run_dir), str(run_dir)):
+        Progress.warn(warning)
 
 
 def _continue_with(run_dir: Path, trainer: Trainer, cfg: Config) -> str:
@@ -398,6 +408,7 @@ def open_run(run_dir: str, tasks: list[dict] | None = None, command: str = "tfge
     newest intact one (restored by the trainer's own entry points).  Writes nothing;
     ``purpose`` is what a run without a checkpoint is refused for ("evaluate", "export")."""
     path = open_run_dir(run_dir, command)
+    _refuse_missing_plugins(path)  # the run's own config is parsed, its tasks too
     config_file = path / CONFIG_NAME
     cfg = load_config(config_file)  # the run's own config errors name its file
     if tasks is not None:
