@@ -356,6 +356,7 @@ def export(
     memory_check: bool = typer.Option(True, "--memory-check/--no-memory-check",
                                       help="Refuse a run whose estimated memory need exceeds "
                                            "the available memory (on by default)."),
+    plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP),
     debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of any failure."),
 ) -> None:
     """Write a finished run as a TensorFlow SavedModel that plain TensorFlow loads
@@ -364,6 +365,7 @@ def export(
     encoder, encode (images -> mean, stddev, log-variance of q(z | y)). Uses the weights
     tfgen eval uses; written atomically."""
     with _one_line_errors(debug):
+        _load_plugins(plugin)
         from tfgen.export import export_run
 
         target, manifest = export_run(run_dir, out, memory_check)
