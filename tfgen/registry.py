@@ -58,9 +58,10 @@ class Registry(Generic[T]):
     def factory_for(self, component: Any) -> T:
         """The factory that builds ``component`` (a :class:`tfgen.schema.Component` of this
         registry).  An entry with variants that differ in what they can do (``em``: PPCA or a
-        Gaussian mixture) picks one from the component's params with its ``resolve(params)``."""
+        Gaussian mixture) picks one from the component's params with its
+        ``variant_class(params)``."""
         factory = self.get(component.name).factory
-        resolve = getattr(factory, "resolve", None)
+        resolve = getattr(factory, "variant_class", None)
         return resolve(component.params) if resolve is not None else factory
 
     def suggestion(self, name: str) -> str | None:
