@@ -112,10 +112,10 @@ def test_the_objective_is_the_observed_pixels_likelihood_not_the_squared_error()
 
 # --------------------------------------------------------------------------- the protocols
 
-MLE_FIT_KUNTZ2023 = {"method": "mle", "steps": 1000, "patience": 0, "init": "sampler", "sampler": "prior",
-            "optimizer": {"name": "adam", "learning_rate": 0.01}}
+MLE_FIT_KUNTZ2023 = {"method": "mle", "steps": 1000, "patience": 0, "init": "sampler",
+                     "sampler": "prior", "optimizer": {"name": "adam", "learning_rate": 0.01}}
 SVI_FIT_2AMU20 = {"method": "svi", "steps": 500, "patience": 50, "init": "random", "mc_samples": 1,
-            "optimizer": {"name": "sgd", "learning_rate": 0.001}}
+                  "optimizer": {"name": "sgd", "learning_rate": 0.001}}
 
 
 def parse_evaluate(toml_tables: str, base: str = '[data]\nbinarize = "static"\n'):
@@ -135,7 +135,7 @@ def test_inpainting_and_completion_protocols_parse_from_toml():
     inpainting, complete, reconstruct = parse_evaluate(
         '[[evaluate]]\ntask = "inpainting"\n[[evaluate]]\ntask = "complete"\n'
         '[[evaluate]]\ntask = "reconstruct_without_encoder"\n')
-    # the defaults are the seeds' protocols
+    # the defaults are the protocols of Kuntz et al. (2023) and the 2AMU20 VAE assignment
     assert to_dict(inpainting.params.fit) == expected_fit(MLE_FIT_KUNTZ2023)
     assert (inpainting.params.mask, inpainting.params.fill) == ("center", "mean")
     assert to_dict(complete.params.fit) == expected_fit(SVI_FIT_2AMU20)

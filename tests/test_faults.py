@@ -312,7 +312,8 @@ def randomized(obj: typing.Any, rng: np.random.Generator, path: str = "") -> Non
         elif tp is bool:
             setattr(obj, f.name, bool(rng.integers(0, 2)))
         elif tp is float:
-            lo = f.metadata.get("at_least") if f.metadata.get("at_least") is not None else f.metadata.get("above")
+            lo = f.metadata.get("at_least")
+            lo = f.metadata.get("above") if lo is None else lo
             hi = f.metadata.get("at_most")
             lo = 0.0 if lo is None else lo
             hi = lo + 10.0 ** rng.integers(-8, 8) if hi is None else hi

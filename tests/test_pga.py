@@ -1,6 +1,6 @@
 """Particle gradient ascent (Kuntz et al. 2023): convergence to the PPCA maximum-likelihood
-solution, the Langevin update against a hand-computed one, Kuntz et al.'s (2023) decoder's parameter
-counts, "all" vs "batch" particle updates, an end-to-end ``tfgen run`` with resume, the
+solution, the Langevin update against a hand-computed one, Kuntz et al.'s (2023) decoder's
+parameter counts, "all" vs "batch" particle updates, an end-to-end ``tfgen run`` with resume, the
 particle-Gaussian sampler, inpainting masks and the hidden-pixel MSE, config validation."""
 from __future__ import annotations
 

@@ -317,13 +317,10 @@ class _Parser:
         return out
 
     def check_range(self, key: str, raw: float, meta: Any) -> None:
-        lo, hi, gt = meta.get("at_least"), meta.get("at_most"), meta.get("above")
-        if lo is not None and raw < lo:
-            self.error(key, "out of range", raw, _range_text(lo, hi, gt))
-        if hi is not None and raw > hi:
-            self.error(key, "out of range", raw, _range_text(lo, hi, gt))
-        if gt is not None and raw <= gt:
-            self.error(key, "out of range", raw, _range_text(lo, hi, gt))
+        at_least, at_most, above = meta.get("at_least"), meta.get("at_most"), meta.get("above")
+        if ((at_least is not None and raw < at_least) or (at_most is not None and raw > at_most)
+                or (above is not None and raw <= above)):
+            self.error(key, "out of range", raw, _range_text(at_least, at_most, above))
 
     def check_text(self, key: str, raw: str, meta: Any) -> None:
         # A lone surrogate (from undecodable bytes in a --set argument) cannot be written to
@@ -375,14 +372,14 @@ def _over(defaults: dict, given: dict) -> dict:
     return out
 
 
-def _range_text(lo, hi, gt) -> str:
+def _range_text(at_least, at_most, above) -> str:
     parts = []
-    if gt is not None:
-        parts.append(f"> {gt}")
-    if lo is not None:
-        parts.append(f">= {lo}")
-    if hi is not None:
-        parts.append(f"<= {hi}")
+    if above is not None:
+        parts.append(f"> {above}")
+    if at_least is not None:
+        parts.append(f">= {at_least}")
+    if at_most is not None:
+        parts.append(f"<= {at_most}")
     return " and ".join(parts)
 
 

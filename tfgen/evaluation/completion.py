@@ -5,8 +5,8 @@ by the shared test-time fitting layer (:class:`tfgen.inference.fitting.LatentFit
 map, mle, langevin or the encoder).  Its objective counts only the observed pixels, under
 the model's own likelihood (Bernoulli, Categorical, Beta, Normal),
 
-    log p_theta(y_O | z) = sum_{i in O} log p_theta(y_i | z)        (the 2AMU20 VAE assignment, task
-    4b),
+    log p_theta(y_O | z) = sum_{i in O} log p_theta(y_i | z)
+                                              (the 2AMU20 VAE assignment, task 4b),
 
 so the hidden pixels cannot change it.  The hidden pixels are then filled from
 p_theta(y_H | z), the observed ones kept as given:
@@ -16,7 +16,7 @@ p_theta(y_H | z), the observed ones kept as given:
   task 4b), then y_H ~ p_theta(y_H | z); for map / mle / langevin y_H ~ p_theta(y_H | z) at the
   fitted z.
 
-eq. (4) of Kuntz et al. (2023) (after Nijkamp et al. 2020, Section 5.3) is the ``mle`` method under
+Eq. (4) of Kuntz et al. (2023) (after Nijkamp et al. 2020, Section 5.3) is the ``mle`` method under
 a Normal likelihood with fixed sigma, where -log p(y_O | x) = sum_{i not in M} (y_i -
 f_theta(x)_i)^2 / (2 sigma^2) + const: Adam for 1000 steps of 0.01 from latents drawn by a
 sampler, the image recovered as f_theta(x_mle) (``fill = "mean"``).
@@ -53,8 +53,8 @@ from tfgen.schema import setting
 MaskKind = Literal["center", "left_half", "right_half", "top_half", "bottom_half", "random", "file"]
 Fill = Literal["mean", "sample"]
 
-#: Kuntz et al. (2023) hide pixels 10..21 of a 32 x 32 image on both axes: a centred square of side
-#: 12
+#: Kuntz et al. (2023) hide pixels 10..21 of a 32 x 32 image on both axes: a centred square
+#: of side 12
 CENTER_FRACTION_OF_SIDE = 12 / 32
 MASK_FILE_ALLOWED = ("a .png (pixels >= 128 in grey, i.e. white, are hidden) or a .npy array "
                      "[H, W] of 0/1 or false/true (1 / true = hidden), of the images' size")
@@ -200,7 +200,8 @@ def complete(scheme, images, hidden, fit: FitConfig, fill: str, seed: int,
     hidden = np.asarray(hidden, bool)
     fitted = LatentFitter(scheme, fit, compile_mode).fit(images, ~hidden, seed=seed)
     latents = fitted.mean
-    if fill == "sample" and fitted.scale is not None:  # z ~ q(z | psi*) (the 2AMU20 VAE assignment, task 4b)
+    # z ~ q(z | psi*), as in the 2AMU20 VAE assignment's task 4b
+    if fill == "sample" and fitted.scale is not None:
         noise = tf.random.stateless_normal(latents.shape, tf.constant([seed, 6], tf.int64))
         latents = latents + fitted.scale * noise.numpy()
     decoded = decode(scheme.model, latents, fill, seed, fit.batch_size)
@@ -305,7 +306,7 @@ class FittedImagesConfig:
 
 @dataclasses.dataclass
 class CompletionConfig(FittedImagesConfig):
-    """The keys of ``complete`` (the 2AMU20 VAE assignment, task 4b's defaults)."""
+    """The keys of ``complete`` (the defaults of the 2AMU20 VAE assignment's task 4b)."""
 
     task: ClassVar[str] = "complete"
     label_format: ClassVar[str] = "{task}_{mask}_{method}_{fill}_{split}"
@@ -367,7 +368,7 @@ class CompletionConfig(FittedImagesConfig):
 
 @dataclasses.dataclass
 class InpaintingConfig(CompletionConfig):
-    """The keys of ``inpainting``: the completion task with Kuntz et al. (2023), eq. (4)'s defaults."""
+    """The keys of ``inpainting``: the completion task with the defaults of Kuntz et al. (2023)."""
 
     task: ClassVar[str] = "inpainting"
     label_format: ClassVar[str] = "{task}_{mask}_{split}"
@@ -430,7 +431,7 @@ def complete_task(params: CompletionConfig, ctx: EvalContext) -> dict:
 
 @EVALUATIONS.register("inpainting", config=InpaintingConfig)
 def inpainting_task(params, ctx: EvalContext) -> dict:
-    """Inpainting (Kuntz et al. 2023, eq. (4)): complete with Kuntz et al.'s (2023) defaults (centre, mle, Adam)."""
+    """Inpainting (Kuntz et al. 2023, eq. (4)): complete with their defaults (centre, mle, Adam)."""
     return run_task(params, ctx)
 
 

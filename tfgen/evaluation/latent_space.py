@@ -20,8 +20,8 @@ import tensorflow as tf
 from tfgen import figures
 from tfgen.errors import ConfigError
 from tfgen.evaluation.latent_selection import (Latents, Source, SourceSplit, check_source,
-                                               latent_dim, pca, resolve_task_source_split, select_latents,
-                                               source_field, split_field)
+                                               latent_dim, pca, resolve_task_source_split,
+                                               select_latents, source_field, split_field)
 from tfgen.evaluation.tasks import EvalContext, task_key
 from tfgen.registry import EVALUATIONS
 from tfgen.schema import setting

@@ -22,8 +22,8 @@ Gradient scale.  theta's loss is the batch mean, the usual minibatch estimate of
 the batch grows.  Each row instead follows the gradient of its own objective, b grad_{r_m} L,
 as the local step of stochastic variational inference does (Hoffman, Blei, Wang & Paisley
 2013, Algorithm 1: local parameters are fitted to their own data point, the global ones
-follow the rescaled minibatch gradient) and as the 2AMU20 VAE assignment, task 4a fits psi to one
-image with SGD at lr 1e-3.  So ``latent_optimizer.learning_rate`` means the same at any batch size
+follow the rescaled minibatch gradient) and as task 4a of the 2AMU20 VAE assignment fits psi to
+one image with SGD at lr 1e-3.  So ``latent_optimizer.learning_rate`` means the same at any batch size
 and the same as in test-time fitting (:mod:`tfgen.inference.fitting`, which sums the
 per-image objectives).  (Adam is nearly invariant to a constant gradient scale anyway; for
 SGD the factor matters.)  With batch norm in the decoder, training mode couples the images

@@ -1,7 +1,7 @@
 """Particle gradient ascent (PGA): maximum marginal likelihood with a cloud of Langevin particles.
 
-Kuntz, Lim & Johansen ("Particle algorithms for maximum likelihood training of
-latent variable models", neural latent variable model example).  The model is
+Kuntz, Lim & Johansen (2023), "Particle algorithms for maximum likelihood training of latent
+variable models", AISTATS: its neural latent variable model example (the ParEM code).  The model is
 p_theta(x, y) = prod_m p(x^m) p_theta(y^m | x^m); PGA keeps N particles per training image,
 a cloud X = (X^{n,m}) of shape [M, N, d] held in the shared per-datapoint table
 (:class:`tfgen.inference.latents.LatentTable`) and initialised from the prior, and at every step k

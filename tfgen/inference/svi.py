@@ -1,8 +1,8 @@
 """Per-datapoint variational inference (svi): a diagonal Gaussian q(z | psi_m) for every
 training image, trained with the decoder, without an encoder.
 
-The 2AMU20 VAE assignment, task 4a fits q(z | psi) = N(mu, diag(sigma^2)), psi = (mu, log sigma^2),
-to one image by maximising its ELBO with the decoder fixed.  This scheme keeps such a psi_m for
+Task 4a of the 2AMU20 VAE assignment fits q(z | psi) = N(mu, diag(sigma^2)), psi = (mu, log
+sigma^2), to one image by maximising its ELBO with the decoder fixed.  This scheme keeps such a psi_m for
 every training image m (rows [M, 2d] of the shared per-datapoint table) and trains theta at
 the same time, on the sum of the per-image ELBOs, a lower bound on log p_theta(y_1, ..., y_M):
 

@@ -38,7 +38,8 @@ class VAE(Scheme, AmortizedPosterior, PosteriorEstimates):
     """Amortized variational inference with a Gaussian encoder (the 2AMU20 VAE assignment, task 1)."""
 
     validation_metrics = ("elbo", "reconstruction", "kl", "loss")
-    monitor = "loss"  # -ELBO (the 2AMU20 VAE assignment, task 1c: early stopping on the negative ELBO)
+    # -ELBO: the 2AMU20 VAE assignment's task 1c stops early on the negative ELBO
+    monitor = "loss"
 
     def __init__(self, params: VAEConfig, model, data, cfg, generator, strategy):
         super().__init__(params, model, data, cfg, generator, strategy)
