@@ -1,5 +1,5 @@
-"""Seed 000's MCMC baselines, ``abp`` and ``short_run``: on a linear-Gaussian decoder their chains
-sample the exact posterior (ULA's closed-form stationary law) and theta reaches the
+"""Kuntz et al.'s (2023) MCMC baselines, ``abp`` and ``short_run``: on a linear-Gaussian decoder
+their chains sample the exact posterior (ULA's closed-form stationary law) and theta reaches the
 Tipping-Bishop maximum likelihood; the importance-sampled log-likelihood matches the exact
 marginal; an interrupted and resumed ``tfgen run`` equals an uninterrupted one; what each
 scheme's capabilities allow and refuse at load time."""

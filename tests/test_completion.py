@@ -1,9 +1,9 @@
 """Image completion, inpainting and reconstruction without the encoder on the shared fitting
 layer: the objective counts only the observed pixels under the model's own likelihood (so
-hidden pixels change neither it nor the fitted latents), the seed-000 and seed-001 protocols
-from TOML, the masks (a mask file too), the figure and metrics, and ``tfgen complete`` on a
-finished run (same numbers as the task at the end of ``tfgen run``, metrics merged, bad
-input refused with the run directory unchanged)."""
+hidden pixels change neither it nor the fitted latents), the protocols of Kuntz et al. (2023) and
+the 2AMU20 VAE assignment from TOML, the masks (a mask file too), the figure and metrics, and
+``tfgen complete`` on a finished run (same numbers as the task at the end of ``tfgen run``, metrics
+merged, bad input refused with the run directory unchanged)."""
 from __future__ import annotations
 
 import dataclasses
@@ -88,8 +88,8 @@ def test_hidden_pixels_change_neither_the_objective_nor_the_latents(tmp_path, me
 
 def test_the_objective_is_the_observed_pixels_likelihood_not_the_squared_error():
     """mle's final objective is -log p(y_O | z) under the model's likelihood: Bernoulli
-    cross-entropy on the observed pixels; for a Normal with fixed sigma, seed 000's eq. (4)
-    squared error / (2 sigma^2) plus the normaliser."""
+    cross-entropy on the observed pixels; for a Normal with fixed sigma, eq. (4) of Kuntz et al.
+    (2023) squared error / (2 sigma^2) plus the normaliser."""
     fit = fit_config(method="mle", steps=15, patience=0)
     bernoulli = tiny_scheme()
     images = bernoulli.data.train.images
@@ -112,10 +112,10 @@ def test_the_objective_is_the_observed_pixels_likelihood_not_the_squared_error()
 
 # --------------------------------------------------------------------------- the protocols
 
-SEED_000 = {"method": "mle", "steps": 1000, "patience": 0, "init": "sampler", "sampler": "prior",
-            "optimizer": {"name": "adam", "learning_rate": 0.01}}
-SEED_001 = {"method": "svi", "steps": 500, "patience": 50, "init": "random", "mc_samples": 1,
-            "optimizer": {"name": "sgd", "learning_rate": 0.001}}
+MLE_FIT_KUNTZ2023 = {"method": "mle", "steps": 1000, "patience": 0, "init": "sampler",
+                     "sampler": "prior", "optimizer": {"name": "adam", "learning_rate": 0.01}}
+SVI_FIT_2AMU20 = {"method": "svi", "steps": 500, "patience": 50, "init": "random", "mc_samples": 1,
+                  "optimizer": {"name": "sgd", "learning_rate": 0.001}}
 
 
 def parse_evaluate(toml_tables: str, base: str = '[data]\nbinarize = "static"\n'):
@@ -131,16 +131,16 @@ def expected_fit(settings: dict) -> dict:
                                        optimizer=LatentOptimizerConfig(**optimizer)))
 
 
-def test_seed_000_and_seed_001_protocols_parse_from_toml():
+def test_inpainting_and_completion_protocols_parse_from_toml():
     inpainting, complete, reconstruct = parse_evaluate(
         '[[evaluate]]\ntask = "inpainting"\n[[evaluate]]\ntask = "complete"\n'
         '[[evaluate]]\ntask = "reconstruct_without_encoder"\n')
-    # the defaults are the seeds' protocols
-    assert to_dict(inpainting.params.fit) == expected_fit(SEED_000)
+    # the defaults are the protocols of Kuntz et al. (2023) and the 2AMU20 VAE assignment
+    assert to_dict(inpainting.params.fit) == expected_fit(MLE_FIT_KUNTZ2023)
     assert (inpainting.params.mask, inpainting.params.fill) == ("center", "mean")
-    assert to_dict(complete.params.fit) == expected_fit(SEED_001)
+    assert to_dict(complete.params.fit) == expected_fit(SVI_FIT_2AMU20)
     assert (complete.params.mask, complete.params.fill) == ("right_half", "sample")  # left observed
-    assert to_dict(reconstruct.params.fit) == expected_fit(SEED_001)
+    assert to_dict(reconstruct.params.fit) == expected_fit(SVI_FIT_2AMU20)
     # ... and each is written out in the other task's [evaluate.fit] table
     as_complete, as_inpainting = parse_evaluate('''
 [[evaluate]]
@@ -168,11 +168,11 @@ init = "random"
 name = "sgd"
 learning_rate = 1e-3
 ''')
-    assert to_dict(as_complete.params.fit) == expected_fit(SEED_000)
-    assert to_dict(as_inpainting.params.fit) == expected_fit(SEED_001)
+    assert to_dict(as_complete.params.fit) == expected_fit(MLE_FIT_KUNTZ2023)
+    assert to_dict(as_inpainting.params.fit) == expected_fit(SVI_FIT_2AMU20)
     # a partial table keeps its task's other defaults (not FitConfig's)
     (partial,) = parse_evaluate('[[evaluate]]\ntask = "inpainting"\n[evaluate.fit]\nsteps = 5\n')
-    assert to_dict(partial.params.fit) == expected_fit({**SEED_000, "steps": 5})
+    assert to_dict(partial.params.fit) == expected_fit({**MLE_FIT_KUNTZ2023, "steps": 5})
 
 
 @pytest.mark.parametrize("entry,key,allowed", [

@@ -312,12 +312,13 @@ def randomized(obj: typing.Any, rng: np.random.Generator, path: str = "") -> Non
         elif tp is bool:
             setattr(obj, f.name, bool(rng.integers(0, 2)))
         elif tp is float:
-            lo = f.metadata.get("min") if f.metadata.get("min") is not None else f.metadata.get("gt")
-            hi = f.metadata.get("max")
+            lo = f.metadata.get("at_least")
+            lo = f.metadata.get("above") if lo is None else lo
+            hi = f.metadata.get("at_most")
             lo = 0.0 if lo is None else lo
             hi = lo + 10.0 ** rng.integers(-8, 8) if hi is None else hi
             x = float(rng.uniform(lo, hi))
-            setattr(obj, f.name, x if x > lo or f.metadata.get("gt") is None else hi)
+            setattr(obj, f.name, x if x > lo or f.metadata.get("above") is None else hi)
 
 
 EXPERIMENTS = sorted((REPO / "experiments").glob("*.toml"))

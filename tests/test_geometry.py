@@ -1,6 +1,7 @@
-"""Latent geometry (seed 004) against closed forms: the metric of linear and spherical
-decoders, per-point Jacobians, straight and great-circle geodesics, the random walk's step
-covariance, geodesic clustering across a cliff, the RBF precision fit; and the tasks end to end."""
+"""Latent geometry (Arvanitidis, Hansen & Hauberg 2018; Grisi & Darcet 2020) against closed forms:
+the metric of linear and spherical decoders, per-point Jacobians, straight and great-circle
+geodesics, the random walk's step covariance, geodesic clustering across a cliff, the RBF precision
+fit; and the tasks end to end."""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,5 @@
-"""Latent-space pictures (seed 001 task 3): latent_scatter (PCA against NumPy's SVD),
-embedding_projector (files consistent with each other), interpolation (slerp and linear
+"""Latent-space pictures (the 2AMU20 VAE assignment, task 3): latent_scatter (PCA against NumPy's
+SVD), embedding_projector (files consistent with each other), interpolation (slerp and linear
 endpoints), manifold_grid; each end to end through ``tfgen eval`` on a tiny VAE run and a
 tiny PGA run; bad keys refused by name."""
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The layers, from the bottom up; a module imports from its own layer and the layers below it,
 never from one above (the flow ``TOML -> Config -> assembled components -> run``):
 
-1. ground floor -- ``errors``, ``schema`` (``field``, ``Component``, ``Empty``), ``registry``,
+1. ground floor -- ``errors``, ``schema`` (``setting``, ``Component``, ``Empty``), ``registry``,
    ``compose`` (reading config files, ``extends``):
    they import nothing of tfgen's above them, so every module may use them;
 2. config -- the typed config, parsed against the registries it is given (it is data);

@@ -1,7 +1,7 @@
 """``name = "layers"``: networks written in the TOML as lists of Keras layers.
 
-The built-in networks of seed 001 (conv_encoder, conv_decoder) and seed 000
-(residual_decoder) rewritten as layer lists build the same parameter counts and train to the
+The built-in networks of the 2AMU20 VAE assignment (conv_encoder, conv_decoder) and Kuntz et al.
+(2023) (residual_decoder) rewritten as layer lists build the same parameter counts and train to the
 same losses; the blocks compute what they say; bad tables are one-line errors at load time.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def test_layer_lists_of_the_builtin_networks_have_their_parameter_counts(
     assert trainable(net) == trainable(builtin)
     assert net.count_params() == builtin.count_params()  # batch norms' moving statistics too
     if isinstance(builtin, ResidualDecoder):
-        assert trainable(net) == 300_161  # seed 000, d = 10, one channel (README)
+        assert trainable(net) == 300_161  # Kuntz et al. (2023), d = 10, one channel (README)
 
 
 def test_get_config_round_trips():
@@ -141,8 +141,9 @@ def _losses(raw: dict, images: np.ndarray, steps: int = 4) -> list[float]:
 
 
 def test_layer_lists_train_like_the_builtin_conv_encoder_and_decoder():
-    """Seed 001's networks: the same layers created in the same order start from the same
-    initial weights under one seed, so the losses agree (measured: equal to float precision)."""
+    """The 2AMU20 VAE assignment's networks: the same layers created in the same order start from
+    the same initial weights under one seed, so the losses agree (measured: equal to float
+    precision)."""
     images = (blob_images(16)[0] > 127).astype(np.float32)
     builtin = _losses(_vae({"name": "conv_decoder"}, {"name": "conv_encoder"}), images)
     listed = _losses(_vae({"name": "layers", "layers": conv_decoder_layers(4)},

@@ -28,7 +28,7 @@ def test_get_config_round_trip(layer, input_shape):
 
 
 def test_assignment_decoder_geometry():
-    """Seed 001: kernel 5, stride 2, padding 1 grows 1 -> 3 -> 7 -> 15 -> 31 before the dense head."""
+    """The 2AMU20 VAE assignment: kernel 5, stride 2, padding 1 grows 1 -> 3 -> 7 -> 15 -> 31 before the dense head."""
     dec = ConvDecoder((28, 28, 1))
     dec(tf.zeros([1, 16]))
     x = tf.zeros([1, 1, 1, 16])

@@ -1,6 +1,6 @@
-"""Particle gradient ascent (seed 000): convergence to the PPCA maximum-likelihood solution,
-the Langevin update against a hand-computed one, the seed-000 decoder's parameter counts,
-"all" vs "batch" particle updates, an end-to-end ``tfgen run`` with resume, the
+"""Particle gradient ascent (Kuntz et al. 2023): convergence to the PPCA maximum-likelihood
+solution, the Langevin update against a hand-computed one, Kuntz et al.'s (2023) decoder's
+parameter counts, "all" vs "batch" particle updates, an end-to-end ``tfgen run`` with resume, the
 particle-Gaussian sampler, inpainting masks and the hidden-pixel MSE, config validation."""
 from __future__ import annotations
 
@@ -142,9 +142,9 @@ def test_train_step_moves_particles_with_theta_k_then_updates_theta():
 
 
 def test_particle_gradients_are_per_particle_with_batch_norm_in_inference_mode():
-    """The seed-000 decoder has batch norm: the particle update runs it in inference mode, so a
-    particle's gradient does not depend on which other particles share its chunk (in training
-    mode, the batch statistics would couple them)."""
+    """The decoder of Kuntz et al. (2023) has batch norm: the particle update runs it in inference
+    mode, so a particle's gradient does not depend on which other particles share its chunk (in
+    training mode, the batch statistics would couple them)."""
     M = 6
     images = np.random.default_rng(8).uniform(-1, 1, size=(M, 8, 8, 1)).astype(np.float32)
     scheme = make_pga(images, 3, {"particles": 2, "chunk_size": 4},
@@ -170,11 +170,11 @@ def test_particle_gradients_are_per_particle_with_batch_norm_in_inference_mode()
 # --------------------------------------------------------------------------- (c) the decoder
 
 @pytest.mark.parametrize("latent_dim,channels,likelihood,expected", [
-    (10, 1, {"name": "normal", "sigma": 0.3}, 300_161),       # seed 000, MNIST
-    (64, 3, {"name": "normal", "sigma": 0.3}, 357_507),       # seed 000, CelebA
+    (10, 1, {"name": "normal", "sigma": 0.3}, 300_161),       # Kuntz et al. (2023), MNIST
+    (64, 3, {"name": "normal", "sigma": 0.3}, 357_507),       # Kuntz et al. (2023), CelebA
     (10, 1, {"name": "normal", "scale": "per_pixel"}, 300_161 + 64 * 16 + 1),  # head from k = 2
 ])
-def test_seed_000_decoder_parameter_counts(latent_dim, channels, likelihood, expected):
+def test_residual_decoder_parameter_counts(latent_dim, channels, likelihood, expected):
     cfg = from_dict({"data": {"pixel_range": "[-1,1]", "val_split": ""},
                      "model": {"prior": {"dim": latent_dim},
                                "decoder": {"name": "residual_decoder"},
@@ -223,8 +223,8 @@ def test_all_moves_every_particle_batch_only_the_batch(mode):
 @pytest.mark.parametrize("mode", ["all", "batch"])
 def test_xla_step_equals_the_graph_step(mode):
     """The fused step compiles with jit_compile (chunk loop, gathers, scatter) and computes the
-    same update as graph mode, with the seed-000 decoder's batch norm and custom conv gradient.
-    XLA draws different normals from the same generator state than TF's kernels, so each
+    same update as graph mode, with Kuntz et al.'s (2023) decoder's batch norm and custom conv
+    gradient. XLA draws different normals from the same generator state than TF's kernels, so each
     mode's noise is replayed in that mode and taken out before comparing."""
     images = np.random.default_rng(9).uniform(-1, 1, size=(5, 8, 8, 1)).astype(np.float32)
     idx = np.array([0, 3, 4])
@@ -269,7 +269,7 @@ def test_particle_gaussian_fits_the_cloud_and_samples_from_it():
     cloud = rng.normal(size=(4000, 3)) @ A.T + np.array([2.0, -1.0, 0.5])
     mean, cov = samplers.particle_gaussian(cloud)
     np.testing.assert_allclose(mean, cloud.mean(0))
-    np.testing.assert_allclose(cov, np.cov(cloud.T, ddof=1))  # 1 / (NM - 1), seed 000
+    np.testing.assert_allclose(cov, np.cov(cloud.T, ddof=1))  # 1 / (NM - 1), Kuntz et al. (2023)
     z = samplers.sample_particle_gaussian(cloud, 20000, seed=1).numpy()
     np.testing.assert_allclose(z.mean(0), mean, atol=0.03)
     np.testing.assert_allclose(np.cov(z.T), cov, atol=0.03)
@@ -338,7 +338,7 @@ def test_bad_inpainting_and_decoder_values_name_the_key():
 def test_masks_have_the_seed_geometry_and_fractions():
     center = inpainting.hidden_mask("center", 2, 32, 32)
     rows, cols = np.nonzero(center[0])
-    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (10, 21, 10, 21)  # seed 000
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (10, 21, 10, 21)  # Kuntz et al. 2023
     assert center.sum() == 2 * 12 * 12 and center.shape == (2, 32, 32)
     left = inpainting.hidden_mask("left_half", 1, 28, 28)[0]
     assert left[:, :14].all() and not left[:, 14:].any()
@@ -354,7 +354,7 @@ def test_masks_have_the_seed_geometry_and_fractions():
 
 def test_inpainting_recovers_hidden_pixels_of_a_linear_model():
     """Images generated noise-free by a linear decoder from known latents: fitting the
-    observed half (seed 000 eq. (4): mle with Adam) recovers the hidden half (hidden-pixel
+    observed half (Kuntz et al. 2023, eq. (4): mle with Adam) recovers the hidden half (hidden-pixel
     MSE ~ 0), whereas a single Adam step from the prior does not."""
     from tfgen.inference.fitting import FitConfig
     from tfgen.inference.latents import LatentOptimizerConfig

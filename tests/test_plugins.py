@@ -34,12 +34,12 @@ import tf_keras as keras
 from tfgen.inference.capabilities import Posterior, require
 from tfgen.models.networks import Network
 from tfgen.registry import EVALUATIONS, NETWORKS
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 @dataclasses.dataclass
 class TinySkipConfig:
-    width: int = field(16, min=1, help="hidden units")
+    width: int = setting(16, at_least=1, help="hidden units")
 
 
 class TinySkip(Network):

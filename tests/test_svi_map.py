@@ -132,7 +132,7 @@ def test_map_latents_are_the_posterior_modes_of_the_learned_theta():
 
 
 def test_map_without_prior_is_least_squares_and_pca():
-    """prior_weight 0 (seed 000 eq. (4) for every image): each z_m is the least-squares
+    """prior_weight 0 (Kuntz et al. 2023, eq. (4) for every image): each z_m is the least-squares
     solution for its image under the learned theta, and the fit W z_m + b is the rank-d PCA
     of the data (Eckart & Young 1936): mean squared error = the sum of the trailing
     eigenvalues of the sample covariance, which a rank-1 fit exceeds by the second one."""

@@ -29,7 +29,7 @@ else:  # pragma: no cover
 
 from tfgen.compose import compose, read_toml
 from tfgen.errors import ConfigError
-from tfgen.schema import Component, Empty, field
+from tfgen.schema import Component, Empty, setting
 
 #: registry kind (a field's ``registry``: "likelihoods", "networks", "priors", "schemes",
 #: "evaluations") -> the registry of its entries (:class:`tfgen.registry.Registry`)
@@ -48,47 +48,51 @@ RUN_NAME = (r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9._-]{0,99}",
 
 @dataclasses.dataclass
 class ExperimentConfig:
-    name: str = field("experiment", pattern=RUN_NAME,
-                      help="run directories go to <output_dir>/<name>/<timestamp>")
-    seed: int = field(0, min=0, help="seeds TF, NumPy, data shuffling and subsampling")
-    output_dir: str = field("runs", pattern=(r"(?s)(?=.*\S).+", "an empty path",
-                                             "a folder path, e.g. \"runs\""),
-                            help="parent folder of run directories (relative to the cwd)")
-    description: str = field("", help="free text, saved with the run")
+    name: str = setting("experiment", pattern=RUN_NAME,
+                        help="run directories go to <output_dir>/<name>/<timestamp>")
+    seed: int = setting(0, at_least=0, help="seeds TF, NumPy, data shuffling and subsampling")
+    output_dir: str = setting("runs", pattern=(r"(?s)(?=.*\S).+", "an empty path",
+                                               "a folder path, e.g. \"runs\""),
+                              help="parent folder of run directories (relative to the cwd)")
+    description: str = setting("", help="free text, saved with the run")
 
 
 @dataclasses.dataclass
 class DataConfig:
-    source: Literal["tfds", "idx", "npz", "image_folder"] = field(
+    source: Literal["tfds", "idx", "npz", "image_folder"] = setting(
         "tfds", help="tfds: a TFDS name (falls back to local IDX files offline); "
                      "idx: a folder of IDX files; npz: one .npz file; image_folder: PNG/JPEG files")
-    name: str = field("mnist", help="TFDS data set name (source = 'tfds')")
-    path: Optional[str] = field(None, help="local folder/file; for 'tfds', where to look for local "
-                                           "IDX files when TFDS has no prepared copy")
-    data_dir: Optional[str] = field(None, help="TFDS data_dir (default: TFDS's own, or $TFDS_DATA_DIR)")
-    train_split: str = field("train[:50000]", help="TFDS split syntax, also applied to local sources")
-    val_split: str = field("train[50000:]", help="'' for no validation set")
-    test_split: str = field("test", help="'' for no test set")
-    subsample: int = field(0, min=0, help="keep M random training images (0 = all), seeded")
-    resize: int = field(0, min=0, help="resize images to resize x resize (0 = keep), e.g. 28 -> 32")
-    pixel_range: Literal["[0,1]", "[-1,1]"] = field("[0,1]")
-    color: Literal["keep", "grayscale", "rgb"] = field("keep")
-    binarize: Literal["none", "static", "dynamic"] = field(
+    name: str = setting("mnist", help="TFDS data set name (source = 'tfds')")
+    path: Optional[str] = setting(None, help="local folder/file; for 'tfds', where to look for "
+                                             "local IDX files when TFDS has no prepared copy")
+    data_dir: Optional[str] = setting(None, help="TFDS data_dir (default: TFDS's own, or "
+                                                 "$TFDS_DATA_DIR)")
+    train_split: str = setting("train[:50000]", help="TFDS split syntax, also applied to local "
+                                                     "sources")
+    val_split: str = setting("train[50000:]", help="'' for no validation set")
+    test_split: str = setting("test", help="'' for no test set")
+    subsample: int = setting(0, at_least=0, help="keep M random training images (0 = all), seeded")
+    resize: int = setting(0, at_least=0, help="resize images to resize x resize (0 = keep), e.g. "
+                                              "28 -> 32")
+    pixel_range: Literal["[0,1]", "[-1,1]"] = setting("[0,1]")
+    color: Literal["keep", "grayscale", "rgb"] = setting("keep")
+    binarize: Literal["none", "static", "dynamic"] = setting(
         "none", help="static: threshold once; dynamic: Bernoulli-sample every time a batch is drawn")
-    binarize_threshold: float = field(0.5, min=0.0, max=1.0)
-    bins: int = field(0, min=0, help="quantize pixels into k levels (0 = off); the Categorical "
-                                      "likelihood sets this to its k when left at 0")
-    shuffle_buffer: int = field(0, min=0, help="0 = the whole training set")
-    cache: bool = field(True)
-    prefetch: bool = field(True)
+    binarize_threshold: float = setting(0.5, at_least=0.0, at_most=1.0)
+    bins: int = setting(0, at_least=0, help="quantize pixels into k levels (0 = off); the "
+                                            "Categorical likelihood sets this to its k when left "
+                                            "at 0")
+    shuffle_buffer: int = setting(0, at_least=0, help="0 = the whole training set")
+    cache: bool = setting(True)
+    prefetch: bool = setting(True)
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    prior: Component = field(factory=lambda: Component("standard_normal"), registry="priors")
-    decoder: Component = field(factory=lambda: Component("conv_decoder"), registry="networks")
-    likelihood: Component = field(factory=lambda: Component("bernoulli"), registry="likelihoods")
-    discriminator: Component = field(
+    prior: Component = setting(factory=lambda: Component("standard_normal"), registry="priors")
+    decoder: Component = setting(factory=lambda: Component("conv_decoder"), registry="networks")
+    likelihood: Component = setting(factory=lambda: Component("bernoulli"), registry="likelihoods")
+    discriminator: Component = setting(
         factory=lambda: Component("conv_encoder"), registry="networks",
         help="the discriminator (critic) of the adversarial schemes gan and bigan, a network with "
              "vector output; the other schemes do not use it")
@@ -96,26 +100,29 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class EarlyStoppingConfig:
-    patience: int = field(0, min=0, help="epochs without improvement before stopping (0 = off)")
-    min_delta: float = field(0.0, min=0.0)
-    restore_best: bool = field(True, help="restore the best weights at the end")
+    patience: int = setting(0, at_least=0, help="epochs without improvement before stopping (0 = "
+                                                "off)")
+    min_delta: float = setting(0.0, at_least=0.0)
+    restore_best: bool = setting(True, help="restore the best weights at the end")
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = field(10, min=0)
-    batch_size: int = field(256, min=1)
-    steps_per_epoch: int = field(0, min=0, help="cap on steps per epoch (0 = one pass over the data)")
-    steps_per_execution: int = field(
-        1, min=1, max=100000, help="training steps per host round trip (one compiled loop; "
-                                   "metrics are read back only at logging steps and epoch ends)")
-    optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = field("adam")
-    learning_rate: float = field(1e-3, gt=0.0)
-    compile: Literal["auto", "graph", "xla", "eager"] = field(
+    epochs: int = setting(10, at_least=0)
+    batch_size: int = setting(256, at_least=1)
+    steps_per_epoch: int = setting(0, at_least=0, help="cap on steps per epoch (0 = one pass over "
+                                                       "the data)")
+    steps_per_execution: int = setting(
+        1, at_least=1, at_most=100000, help="training steps per host round trip (one compiled "
+                                            "loop; metrics are read back only at logging steps and "
+                                            "epoch ends)")
+    optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = setting("adam")
+    learning_rate: float = setting(1e-3, above=0.0)
+    compile: Literal["auto", "graph", "xla", "eager"] = setting(
         "auto", help="auto = graph on CPU (measured faster than XLA here), xla on GPU")
-    early_stopping: EarlyStoppingConfig = field(factory=EarlyStoppingConfig)
-    checkpoint_every_epochs: int = field(1, min=1)
-    keep_checkpoints: int = field(2, min=1)
+    early_stopping: EarlyStoppingConfig = setting(factory=EarlyStoppingConfig)
+    checkpoint_every_epochs: int = setting(1, at_least=1)
+    keep_checkpoints: int = setting(2, at_least=1)
 
 
 #: host:port of a worker: a host name, IPv4 address or [IPv6] address, and a port 1..65535
@@ -130,48 +137,51 @@ class RuntimeConfig:
     """Where and how the steps run; README "Scaling up".  The same TOML trains on a CPU, one
     GPU, several GPUs (``mirrored``) or several machines (``multi_worker``)."""
 
-    strategy: Literal["default", "mirrored", "multi_worker"] = field(
+    strategy: Literal["default", "mirrored", "multi_worker"] = setting(
         "default", help="default: one device; mirrored: data parallel over this machine's "
                         "devices; multi_worker: data parallel over the machines of TF_CONFIG "
                         "(or of runtime.workers with tfgen run --worker-index)")
-    devices: list[str] = field(factory=list, help="devices to use, e.g. [\"GPU:0\", \"GPU:1\"] "
-                                                  "(empty: every GPU, else the CPU)")
-    cpu_devices: int = field(1, min=1, max=64, help="split the CPU into this many logical "
-                                                    "devices (mirrored on a machine without GPUs)")
-    workers: list[str] = field(factory=list, pattern=WORKER_ADDRESS,
-                               help="host:port of every worker, for tfgen run --worker-index "
-                                    "(instead of TF_CONFIG); only with strategy = "
-                                    "\"multi_worker\"")
-    connect_timeout_s: float = field(300.0, gt=0.0, max=86400.0,
-                                     help="multi_worker: seconds to wait for every worker to "
-                                          "join the cluster; then the missing ones are named "
-                                          "and the run stops")
-    mixed_precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = field(
+    devices: list[str] = setting(factory=list, help="devices to use, e.g. [\"GPU:0\", \"GPU:1\"] "
+                                                    "(empty: every GPU, else the CPU)")
+    cpu_devices: int = setting(1, at_least=1, at_most=64, help="split the CPU into this many "
+                                                               "logical devices (mirrored on a "
+                                                               "machine without GPUs)")
+    workers: list[str] = setting(factory=list, pattern=WORKER_ADDRESS,
+                                 help="host:port of every worker, for tfgen run --worker-index "
+                                      "(instead of TF_CONFIG); only with strategy = "
+                                      "\"multi_worker\"")
+    connect_timeout_s: float = setting(300.0, above=0.0, at_most=86400.0,
+                                       help="multi_worker: seconds to wait for every worker to "
+                                            "join the cluster; then the missing ones are named "
+                                            "and the run stops")
+    mixed_precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = setting(
         "float32", help="compute dtype of the decoder (the likelihood, log densities, latents "
                         "and optimizer state stay float32)")
-    intra_op_threads: int = field(0, min=0, max=1024, help="threads per op (0: TensorFlow's choice)")
-    inter_op_threads: int = field(0, min=0, max=1024, help="ops run at once (0: TensorFlow's choice)")
+    intra_op_threads: int = setting(0, at_least=0, at_most=1024, help="threads per op (0: "
+                                                                      "TensorFlow's choice)")
+    inter_op_threads: int = setting(0, at_least=0, at_most=1024, help="ops run at once (0: "
+                                                                      "TensorFlow's choice)")
 
 
 @dataclasses.dataclass
 class LoggingConfig:
-    every_steps: int = field(20, min=1, help="scalar summaries every N steps")
-    images_every_steps: int = field(500, min=1, help="image summaries every N steps")
-    num_images: int = field(32, min=1, max=256, help="images per grid")
-    progress: bool = field(True, help="progress bar on stderr (--quiet turns it off)")
+    every_steps: int = setting(20, at_least=1, help="scalar summaries every N steps")
+    images_every_steps: int = setting(500, at_least=1, help="image summaries every N steps")
+    num_images: int = setting(32, at_least=1, at_most=256, help="images per grid")
+    progress: bool = setting(True, help="progress bar on stderr (--quiet turns it off)")
 
 
 @dataclasses.dataclass
 class Config:
-    experiment: ExperimentConfig = field(factory=ExperimentConfig)
-    data: DataConfig = field(factory=DataConfig)
-    model: ModelConfig = field(factory=ModelConfig)
-    inference: Component = field(factory=lambda: Component("vae"), registry="schemes",
-                                 name_key="scheme")
-    train: TrainConfig = field(factory=TrainConfig)
-    runtime: RuntimeConfig = field(factory=RuntimeConfig)
-    logging: LoggingConfig = field(factory=LoggingConfig)
-    evaluate: list[Component] = field(factory=list, registry="evaluations", name_key="task")
+    experiment: ExperimentConfig = setting(factory=ExperimentConfig)
+    data: DataConfig = setting(factory=DataConfig)
+    model: ModelConfig = setting(factory=ModelConfig)
+    inference: Component = setting(factory=lambda: Component("vae"), registry="schemes",
+                                   name_key="scheme")
+    train: TrainConfig = setting(factory=TrainConfig)
+    runtime: RuntimeConfig = setting(factory=RuntimeConfig)
+    logging: LoggingConfig = setting(factory=LoggingConfig)
+    evaluate: list[Component] = setting(factory=list, registry="evaluations", name_key="task")
 
     source_file: str = dataclasses.field(default="<config>", compare=False, repr=False,
                                          metadata={"internal": True})
@@ -311,13 +321,10 @@ class _Parser:
         return out
 
     def check_range(self, key: str, raw: float, meta: Any) -> None:
-        lo, hi, gt = meta.get("min"), meta.get("max"), meta.get("gt")
-        if lo is not None and raw < lo:
-            self.error(key, "out of range", raw, _range_text(lo, hi, gt))
-        if hi is not None and raw > hi:
-            self.error(key, "out of range", raw, _range_text(lo, hi, gt))
-        if gt is not None and raw <= gt:
-            self.error(key, "out of range", raw, _range_text(lo, hi, gt))
+        at_least, at_most, above = meta.get("at_least"), meta.get("at_most"), meta.get("above")
+        if ((at_least is not None and raw < at_least) or (at_most is not None and raw > at_most)
+                or (above is not None and raw <= above)):
+            self.error(key, "out of range", raw, _range_text(at_least, at_most, above))
 
     def check_text(self, key: str, raw: str, meta: Any) -> None:
         # A lone surrogate (from undecodable bytes in a --set argument) cannot be written to
@@ -369,14 +376,14 @@ def _over(defaults: dict, given: dict) -> dict:
     return out
 
 
-def _range_text(lo, hi, gt) -> str:
+def _range_text(at_least, at_most, above) -> str:
     parts = []
-    if gt is not None:
-        parts.append(f"> {gt}")
-    if lo is not None:
-        parts.append(f">= {lo}")
-    if hi is not None:
-        parts.append(f"<= {hi}")
+    if above is not None:
+        parts.append(f"> {above}")
+    if at_least is not None:
+        parts.append(f">= {at_least}")
+    if at_most is not None:
+        parts.append(f"<= {at_most}")
     return " and ".join(parts)
 
 

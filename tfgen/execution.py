@@ -25,7 +25,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from tfgen.distribute import ReplicaBatch, step_seed
-from tfgen.runtime import compile_step, resolve_compile, step_compile_mode
+from tfgen.runtime import compile_step, resolve_compile_mode, step_compile_mode
 
 
 class Execution(NamedTuple):
@@ -60,7 +60,7 @@ class StepExecutor:
         self.strategy = strategy
         self.generator = generator
         self.counters = counters
-        mode = resolve_compile(compile_mode)
+        mode = resolve_compile_mode(compile_mode)
         self._replica = self._weighted_replica_step
         self.run = self._execute if mode == "eager" else tf.function(self._execute)
 

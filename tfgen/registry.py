@@ -93,10 +93,11 @@ class Registry(Generic[T]):
     def factory_for(self, component: Any) -> T:
         """The factory that builds ``component`` (a :class:`tfgen.schema.Component` of this
         registry).  An entry with variants that differ in what they can do (``em``: PPCA or a
-        Gaussian mixture) picks one from the component's params with its ``resolve(params)``."""
+        Gaussian mixture) picks one from the component's params with its
+        ``variant_class(params)``."""
         factory = self.get(component.name).factory
-        resolve = getattr(factory, "resolve", None)
-        return resolve(component.params) if resolve is not None else factory
+        variant_class = getattr(factory, "variant_class", None)
+        return variant_class(component.params) if variant_class is not None else factory
 
     def suggestion(self, name: str) -> str | None:
         close = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.5)

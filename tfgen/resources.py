@@ -146,7 +146,7 @@ class Activations:
 
 def estimate(cfg: Config, shape: DataShape, activations: Activations | None = None) -> Estimate:
     """The memory ``cfg`` needs on data of ``shape`` (``activations`` traced if not given)."""
-    from tfgen.runtime import resolve_compile
+    from tfgen.runtime import resolve_compile_mode
 
     act = activations or trace_activations(cfg, shape)
     scheme = SCHEMES.factory_for(cfg.inference)
@@ -155,7 +155,7 @@ def estimate(cfg: Config, shape: DataShape, activations: Activations | None = No
     mc = int(getattr(params, "mc_samples", 1) or 1)
     batch = min(cfg.train.batch_size, shape.train)
     image = shape.image_bytes
-    runtime = RUNTIME_BYTES + (XLA_BYTES if resolve_compile(cfg.train.compile) == "xla" else 0)
+    runtime = RUNTIME_BYTES + (XLA_BYTES if resolve_compile_mode(cfg.train.compile) == "xla" else 0)
 
     copies = 1 + (1 if cfg.data.cache else 0)  # tf.data's tensor of the training set (+ cache)
     resident = [

@@ -253,7 +253,7 @@ def _refuse_another_image_shape(run_cfg: Config, cfg: Config, data: DataBundle, 
 
 def _compile_text(cfg: Config, scheme) -> str:
     mode = runtime.step_compile_mode(cfg.train.compile, scheme.strategy)
-    if mode != runtime.resolve_compile(cfg.train.compile):
+    if mode != runtime.resolve_compile_mode(cfg.train.compile):
         return f"{mode} (xla is not used on {scheme.layout.num_replicas} replicas)"
     return mode
 

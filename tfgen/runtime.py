@@ -29,7 +29,7 @@ def force_eager(enabled: bool = True) -> None:
     tf.config.run_functions_eagerly(enabled)
 
 
-def resolve_compile(mode: str) -> str:
+def resolve_compile_mode(mode: str) -> str:
     """``auto`` -> ``graph`` on CPU, ``xla`` with a GPU.
 
     Measured here (tools/bench_vae.py): on this 2-core CPU, XLA made the conv
@@ -43,9 +43,9 @@ def resolve_compile(mode: str) -> str:
 
 
 def step_compile_mode(mode: str, strategy) -> str:
-    """The training step's mode: ``resolve_compile``, but graph instead of XLA on several
+    """The training step's mode: ``resolve_compile_mode``, but graph instead of XLA on several
     replicas (the step's all-reduces cannot sit in an XLA function nested in strategy.run)."""
-    mode = resolve_compile(mode)
+    mode = resolve_compile_mode(mode)
     if mode == "xla" and strategy.num_replicas_in_sync > 1:
         return "graph"
     return mode
@@ -53,7 +53,7 @@ def step_compile_mode(mode: str, strategy) -> str:
 
 def compile_step(fn, mode: str):
     """Wrap a step function per the compile mode; the one place steps get compiled."""
-    mode = resolve_compile(mode)
+    mode = resolve_compile_mode(mode)
     if mode == "eager":
         return fn
     return tf.function(fn, jit_compile=(mode == "xla"), reduce_retracing=True)

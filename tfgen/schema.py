@@ -1,9 +1,9 @@
-"""The vocabulary config classes are written in: a field with validation metadata, a chosen
-component, a component without keys.
+"""The vocabulary config classes are written in: a setting (a key with its help and allowed
+values), a chosen component, a component without keys.
 
 The ground floor: it imports nothing of tfgen's, so every layer may use it.  Every section of
 :mod:`tfgen.config` and every component's config class (a likelihood's, a scheme's, a task's)
-declares its keys with :func:`field`; :mod:`tfgen.config` reads the metadata when it parses a
+declares its keys with :func:`setting`; :mod:`tfgen.config` reads the metadata when it parses a
 TOML file, and a key that names a registry entry (``registry="networks"``) is parsed as a
 :class:`Component`.
 """
@@ -13,16 +13,20 @@ import dataclasses
 from typing import Any
 
 
-def field(default: Any = dataclasses.MISSING, *, help: str = "", min: float | None = None,
-          max: float | None = None, gt: float | None = None, factory: Any = None,
-          registry: str | None = None, name_key: str = "name",
-          pattern: tuple[str, str, str] | None = None):
-    """A dataclass field with validation metadata (range, registry, a string's pattern).
+def setting(default: Any = dataclasses.MISSING, *, help: str = "",
+            at_least: float | None = None, at_most: float | None = None,
+            above: float | None = None, factory: Any = None, registry: str | None = None,
+            name_key: str = "name", pattern: tuple[str, str, str] | None = None):
+    """A config key: a dataclass field with its help text and what values it allows.
 
-    ``pattern`` is (regular expression the whole string must match, the error message
-    when it does not, the allowed strings in words).
+    ``at_least`` / ``at_most`` bound a number inclusively, ``above`` exclusively (> above).
+    ``factory`` builds a mutable default (``dataclasses.field``'s ``default_factory``).
+    ``registry`` names the registry whose entries the key chooses (parsed as a
+    :class:`Component`, its name under ``name_key``).  ``pattern`` is (regular expression the
+    whole string must match, the error message when it does not, the allowed strings in words).
+    The metadata keys are the argument names; :mod:`tfgen.config` reads them when it parses.
     """
-    meta = {"help": help, "min": min, "max": max, "gt": gt,
+    meta = {"help": help, "at_least": at_least, "at_most": at_most, "above": above,
             "registry": registry, "name_key": name_key, "pattern": pattern}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)

@@ -4,7 +4,7 @@ devices, and MultiWorkerMirroredStrategy with 2 worker processes on 127.0.0.1.
 Rows (each in fresh processes: logical devices and the cluster are fixed when TensorFlow starts):
 
 * VAE images per second (conv encoder/decoder, 28x28, global batch ``--vae-batch``);
-* seconds per PGA step, seed 000's setting at M = 2000, N = 10 (residual decoder, 32x32,
+* seconds per PGA step, Kuntz et al.'s (2023) setting at M = 2000, N = 10 (residual decoder, 32x32,
   global batch 128, particle_update "all": every particle moves every step);
 * per replica: the bytes of sharded per-datapoint state it holds (the particle cloud and the
   training images of its rows) and each process's peak resident memory.

@@ -1,4 +1,4 @@
-"""Seconds for the latent-geometry computations on seed 001's decoder (``conv_decoder``, 28x28).
+"""Seconds for the latent-geometry computations on the 2AMU20 VAE assignment's decoder (``conv_decoder``, 28x28).
 
 For a Bernoulli decoder (mu and sigma = sqrt(p (1 - p)) both depend on z, so the embedding
 has P = 2 x 784 outputs) with random weights it times
@@ -8,8 +8,8 @@ has P = 2 x 784 outputs) with random weights it times
   the seed's way, one ``tf.GradientTape.jacobian`` per point (eager, and compiled with
   ``tf.function``), and a compiled per-point forward-mode loop (what batching alone gains);
   the slow ones are timed on a subset of the points and scaled to the grid;
-* the metric for d = 16 (seed 001's latent size) on 2,000 points, forward against reverse
-  mode (the ``mode = "auto"`` rule's two sides);
+* the metric for d = 16 (the 2AMU20 VAE assignment's latent size) on 2,000 points, forward against
+  reverse mode (the ``mode = "auto"`` rule's two sides);
 * geodesics: a batch of 100 random pairs, 20 segments, by L-BFGS (50 iterations at most) and
   by Adam (300 steps), seconds per batch and per curve, and the length ratio geodesic /
   straight line (untrained weights: a flat-ish metric, so only the timing means much).

@@ -1,4 +1,4 @@
-"""Seconds per PGA step, split into its pieces, for the seed-000 decoder (32x32 greyscale).
+"""Seconds per PGA step, split into its pieces, for the decoder of Kuntz et al. (2023) (32x32 greyscale).
 
 For each particle-update mode ("all", "batch") and each compile mode (graph; XLA, i.e.
 ``jit_compile``) it times
@@ -216,7 +216,8 @@ def main() -> None:
         print(json.dumps(run_one(args.one, args.repeats, chunk)))
         return
     out = {"load_average_before": os.getloadavg(), "cpu_count": os.cpu_count(),
-           "tensorflow": tf.__version__, "decoder": "residual_decoder (seed 000, 300,161 params)",
+           "tensorflow": tf.__version__, "decoder": "residual_decoder (Kuntz et al. 2023, 300,161 "
+                                                    "params)",
            "image": [32, 32, 1], "batch_size": 128, "chunk_size": chunk,
            "peak_rss_note": "ru_maxrss of a fresh process per setting (TensorFlow itself "
                             "takes a few hundred MB)",

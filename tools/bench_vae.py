@@ -1,6 +1,6 @@
 """Images per second of the VAE train step: tfgen's compiled step vs a hand-written TF2 step.
 
-Both use the seed-001 architecture (conv encoder 32/64/128, transposed-conv
+Both use the 2AMU20 VAE assignment's architecture (conv encoder 32/64/128, transposed-conv
 decoder 128/64/32, latent 16), the same likelihood and batch size, in the
 same process, in graph mode and with XLA.  Prints one JSON object.
 

@@ -46,7 +46,7 @@ import tf_keras as keras
 from tfgen.config import DataConfig
 from tfgen.data import DataBundle, Split, load_data
 from tfgen.errors import ConfigError, TfgenError
-from tfgen.schema import field
+from tfgen.schema import setting
 
 RECIPE_VERSION = 2  # 2: dynamically binarized data are binarized for training too
 ARCHITECTURE = ("conv3x3-32-relu, maxpool2, conv3x3-64-relu, maxpool2, flatten, "
@@ -58,16 +58,20 @@ FeatureLayer = Literal["penultimate", "logits"]
 class ClassifierConfig:
     """The recipe's settings (``[evaluate.classifier]``); any change trains a new classifier."""
 
-    epochs: int = field(3, min=1, max=100, help="passes over the labelled training split")
-    batch_size: int = field(128, min=1, max=4096)
-    learning_rate: float = field(1e-3, gt=0.0, max=1.0, help="Adam's initial learning rate")
-    feature_layer: FeatureLayer = field("penultimate", help="penultimate: the 128 ReLU units "
-                                                            "before the output; logits: the outputs")
-    seed: int = field(0, min=0, help="seeds the weights and the order of the training images")
-    train_split: str = field("train[:50000]", help="the data set's labelled images it trains on, "
-                                           "whatever the run trains on (data.train_split, "
-                                           "data.subsample): runs on one data set share it")
-    test_split: str = field("test", help="the images its accuracy is measured on")
+    epochs: int = setting(3, at_least=1, at_most=100, help="passes over the labelled training "
+                                                           "split")
+    batch_size: int = setting(128, at_least=1, at_most=4096)
+    learning_rate: float = setting(1e-3, above=0.0, at_most=1.0, help="Adam's initial learning "
+                                                                      "rate")
+    feature_layer: FeatureLayer = setting("penultimate", help="penultimate: the 128 ReLU units "
+                                                              "before the output; logits: the "
+                                                              "outputs")
+    seed: int = setting(0, at_least=0, help="seeds the weights and the order of the training "
+                                            "images")
+    train_split: str = setting("train[:50000]", help="the data set's labelled images it trains on, "
+                                             "whatever the run trains on (data.train_split, "
+                                             "data.subsample): runs on one data set share it")
+    test_split: str = setting("test", help="the images its accuracy is measured on")
 
 
 def build_network(image_shape, classes: int, seed: int) -> keras.Model:

@@ -5,29 +5,31 @@ by the shared test-time fitting layer (:class:`tfgen.inference.fitting.LatentFit
 map, mle, langevin or the encoder).  Its objective counts only the observed pixels, under
 the model's own likelihood (Bernoulli, Categorical, Beta, Normal),
 
-    log p_theta(y_O | z) = sum_{i in O} log p_theta(y_i | z)        (seed 001, task 4b),
+    log p_theta(y_O | z) = sum_{i in O} log p_theta(y_i | z)
+                                              (the 2AMU20 VAE assignment, task 4b),
 
 so the hidden pixels cannot change it.  The hidden pixels are then filled from
 p_theta(y_H | z), the observed ones kept as given:
 
 * ``fill = "mean"``: E[y_H | z] at the fitted z (q's mean for svi and the encoder);
-* ``fill = "sample"``: for svi and the encoder z ~ q(z | psi*) first (seed 001 task 4b), then
-  y_H ~ p_theta(y_H | z); for map / mle / langevin y_H ~ p_theta(y_H | z) at the fitted z.
+* ``fill = "sample"``: for svi and the encoder z ~ q(z | psi*) first (the 2AMU20 VAE assignment,
+  task 4b), then y_H ~ p_theta(y_H | z); for map / mle / langevin y_H ~ p_theta(y_H | z) at the
+  fitted z.
 
-Seed 000's eq. (4) (after Nijkamp et al. 2020, Section 5.3) is the ``mle`` method under a
-Normal likelihood with fixed sigma, where -log p(y_O | x) = sum_{i not in M} (y_i -
+Eq. (4) of Kuntz et al. (2023) (after Nijkamp et al. 2020, Section 5.3) is the ``mle`` method under
+a Normal likelihood with fixed sigma, where -log p(y_O | x) = sum_{i not in M} (y_i -
 f_theta(x)_i)^2 / (2 sigma^2) + const: Adam for 1000 steps of 0.01 from latents drawn by a
 sampler, the image recovered as f_theta(x_mle) (``fill = "mean"``).
 
 One implementation, three registered tasks that differ in their defaults only:
 
-* ``inpainting`` -- seed 000: the centre square hidden, mle, Adam 1000 x 0.01 from the
+* ``inpainting`` -- Kuntz et al. (2023): the centre square hidden, mle, Adam 1000 x 0.01 from the
   ``prior`` sampler, no early stopping, fill with the mean;
-* ``complete`` -- seed 001 task 4b: the left half observed (``mask = "right_half"``), svi with
-  SGD (learning rate 1e-3) from a random psi ~ N(0, I), at most 500 steps with patience 50 per
-  image, fill with a sample;
-* ``reconstruct_without_encoder`` -- seed 001 task 4a: every pixel observed, svi as above,
-  the reconstruction E[y | z = mu*].
+* ``complete`` -- the 2AMU20 VAE assignment, task 4b: the left half observed (``mask =
+  "right_half"``), svi with SGD (learning rate 1e-3) from a random psi ~ N(0, I), at most 500 steps
+  with patience 50 per image, fill with a sample;
+* ``reconstruct_without_encoder`` -- the 2AMU20 VAE assignment, task 4a: every pixel observed, svi
+  as above, the reconstruction E[y | z = mu*].
 """
 from __future__ import annotations
 
@@ -46,12 +48,13 @@ from tfgen.inference.capabilities import AmortizedPosterior
 from tfgen.inference.fitting import FitConfig, FitResult, LatentFitter
 from tfgen.inference.latents import LatentOptimizerConfig
 from tfgen.registry import EVALUATIONS
-from tfgen.schema import field
+from tfgen.schema import setting
 
 MaskKind = Literal["center", "left_half", "right_half", "top_half", "bottom_half", "random", "file"]
 Fill = Literal["mean", "sample"]
 
-#: seed 000 hides pixels 10..21 of a 32 x 32 image on both axes: a centred square of side 12
+#: Kuntz et al. (2023) hide pixels 10..21 of a 32 x 32 image on both axes: a centred square
+#: of side 12
 CENTER_FRACTION_OF_SIDE = 12 / 32
 MASK_FILE_ALLOWED = ("a .png (pixels >= 128 in grey, i.e. white, are hidden) or a .npy array "
                      "[H, W] of 0/1 or false/true (1 / true = hidden), of the images' size")
@@ -64,8 +67,8 @@ def hidden_mask(kind: str, num: int, height: int, width: int, fraction: float = 
     """Boolean [num, height, width], True where a pixel is hidden (all channels of it).
 
     ``center``: a centred square of side round(12/32 * side) (rows and columns 10..21 at
-    32 x 32, seed 000); ``left_half`` / ``right_half`` / ``top_half`` / ``bottom_half``: that
-    half is hidden (width // 2 or height // 2 pixels); ``random``: every image hides its own
+    32 x 32, Kuntz et al. (2023)); ``left_half`` / ``right_half`` / ``top_half`` / ``bottom_half``:
+    that half is hidden (width // 2 or height // 2 pixels); ``random``: every image hides its own
     round(fraction * height * width) pixels, drawn without replacement from ``seed``;
     ``file``: ``pattern`` [height, width] (from :func:`read_mask_file`) for every image.
     """
@@ -197,7 +200,8 @@ def complete(scheme, images, hidden, fit: FitConfig, fill: str, seed: int,
     hidden = np.asarray(hidden, bool)
     fitted = LatentFitter(scheme, fit, compile_mode).fit(images, ~hidden, seed=seed)
     latents = fitted.mean
-    if fill == "sample" and fitted.scale is not None:  # z ~ q(z | psi*) (seed 001 task 4b)
+    # z ~ q(z | psi*), as in the 2AMU20 VAE assignment's task 4b
+    if fill == "sample" and fitted.scale is not None:
         noise = tf.random.stateless_normal(latents.shape, tf.constant([seed, 6], tf.int64))
         latents = latents + fitted.scale * noise.numpy()
     decoded = decode(scheme.model, latents, fill, seed, fit.batch_size)
@@ -236,29 +240,30 @@ def with_default(cls: type, name: str, default=dataclasses.MISSING, factory=None
     return dataclasses.field(default=default, metadata=parent.metadata)
 
 
-def seed001_fit() -> FitConfig:
-    """Seed 001 task 4 (a and b): svi, SGD with learning rate 1e-3, psi = (mu, log sigma^2) ~
-    N(0, I), one reparameterized sample, at most 500 steps ("epochs"), patience 50 per image."""
+def svi_fit_2amu20() -> FitConfig:
+    """The 2AMU20 VAE assignment, task 4 (a and b): svi, SGD with learning rate 1e-3, psi = (mu, log
+    sigma^2) ~ N(0, I), one reparameterized sample, at most 500 steps ("epochs"), patience 50 per
+    image."""
     return FitConfig(method="svi", steps=500, patience=50, init="random", mc_samples=1,
                      optimizer=LatentOptimizerConfig(name="sgd", learning_rate=1e-3))
 
 
-def seed000_fit() -> FitConfig:
-    """Seed 000 eq. (4): the latents that maximise the observed pixels' likelihood (mle), Adam
-    (0.9, 0.999, 1e-8) for 1000 steps of 0.01 from latents drawn by the sampler, no early
-    stopping."""
+def mle_fit_kuntz2023() -> FitConfig:
+    """Kuntz et al. (2023), eq. (4): the latents that maximise the observed pixels' likelihood
+    (mle), Adam (0.9, 0.999, 1e-8) for 1000 steps of 0.01 from latents drawn by the sampler, no
+    early stopping."""
     return FitConfig(method="mle", steps=1000, patience=0, init="sampler", sampler="prior",
                      optimizer=LatentOptimizerConfig(name="adam", learning_rate=0.01))
 
 
 FILL_HELP = ("hidden pixels from p(y_H | z): its mean, or a sample (for svi / encoder at a "
-             "z ~ q, seed 001 task 4b)")
+             "z ~ q, as in the 2AMU20 VAE assignment's task 4b)")
 
 
 @dataclasses.dataclass
 class FittedImagesConfig:
-    """The keys of ``reconstruct_without_encoder`` (seed 001 task 4a), and what the completion
-    tasks add their masks to."""
+    """The keys of ``reconstruct_without_encoder`` (the 2AMU20 VAE assignment, task 4a), and what
+    the completion tasks add their masks to."""
 
     task: ClassVar[str] = "reconstruct_without_encoder"
     #: the metric and figure name
@@ -266,13 +271,15 @@ class FittedImagesConfig:
     #: settings a result of ``tfgen complete`` is keyed with even at their defaults
     key_settings: ClassVar[tuple[str, ...]] = ("split", "num_images", "fill", "fit.method")
 
-    split: SplitName = field("test", help="the images (seed 001: test images)")
-    num_images: int = field(10, min=1, max=100_000, help="the first num_images images of the "
-                                                          "split (seed 001: 10)")
-    ncols: int = field(10, min=1, max=64, help="images per row of the figure")
-    fill: Fill = field("mean", help=FILL_HELP)
-    fit: FitConfig = field(factory=seed001_fit, help="how the latents are fitted: an "
-                                                     "[evaluate.fit] table of these keys")
+    split: SplitName = setting("test", help="the images (the 2AMU20 VAE assignment's task 4 uses "
+                                            "test images)")
+    num_images: int = setting(10, at_least=1, at_most=100_000, help="the first num_images images "
+                                                                    "of the split (the 2AMU20 VAE "
+                                                                    "assignment's task 4: 10)")
+    ncols: int = setting(10, at_least=1, at_most=64, help="images per row of the figure")
+    fill: Fill = setting("mean", help=FILL_HELP)
+    fit: FitConfig = setting(factory=svi_fit_2amu20, help="how the latents are fitted: an "
+                                                          "[evaluate.fit] table of these keys")
 
     def check(self, cfg):
         key = task_key(cfg, self)
@@ -299,21 +306,22 @@ class FittedImagesConfig:
 
 @dataclasses.dataclass
 class CompletionConfig(FittedImagesConfig):
-    """The keys of ``complete`` (seed 001 task 4b's defaults)."""
+    """The keys of ``complete`` (the defaults of the 2AMU20 VAE assignment's task 4b)."""
 
     task: ClassVar[str] = "complete"
     label_format: ClassVar[str] = "{task}_{mask}_{method}_{fill}_{split}"
     key_settings: ClassVar[tuple[str, ...]] = ("split", "num_images", "mask", "fill",
                                                "fit.method")
 
-    fill: Fill = field("sample", help=FILL_HELP)
-    mask: MaskKind = field("right_half", help="the hidden pixels: center (rows/cols 10..21 at "
-                                              "32x32, seed 000), a named half (right_half: the "
-                                              "left half observed, seed 001 task 4b), random "
-                                              "pixels, or a mask file")
-    mask_file: str = field("", help=f"mask = 'file': {MASK_FILE_ALLOWED}")
-    fraction: float = field(0.5, gt=0.0, max=0.999, help="hidden fraction of the pixels "
-                                                        "(mask = 'random')")
+    fill: Fill = setting("sample", help=FILL_HELP)
+    mask: MaskKind = setting("right_half", help="the hidden pixels: center (rows/cols 10..21 at "
+                                                "32x32, Kuntz et al. (2023)), a named half "
+                                                "(right_half: the left half observed, as in the "
+                                                "2AMU20 VAE assignment's task 4b), random pixels, "
+                                                "or a mask file")
+    mask_file: str = setting("", help=f"mask = 'file': {MASK_FILE_ALLOWED}")
+    fraction: float = setting(0.5, above=0.0, at_most=0.999, help="hidden fraction of the pixels "
+                                                                 "(mask = 'random')")
 
     def check(self, cfg):
         super().check(cfg)
@@ -360,7 +368,7 @@ class CompletionConfig(FittedImagesConfig):
 
 @dataclasses.dataclass
 class InpaintingConfig(CompletionConfig):
-    """The keys of ``inpainting``: the completion task with seed 000 eq. (4)'s defaults."""
+    """The keys of ``inpainting``: the completion task with the defaults of Kuntz et al. (2023)."""
 
     task: ClassVar[str] = "inpainting"
     label_format: ClassVar[str] = "{task}_{mask}_{split}"
@@ -368,7 +376,7 @@ class InpaintingConfig(CompletionConfig):
     num_images: int = with_default(CompletionConfig, "num_images", 16)
     ncols: int = with_default(CompletionConfig, "ncols", 8)
     fill: Fill = with_default(CompletionConfig, "fill", "mean")
-    fit: FitConfig = with_default(CompletionConfig, "fit", factory=seed000_fit)
+    fit: FitConfig = with_default(CompletionConfig, "fit", factory=mle_fit_kuntz2023)
     mask: MaskKind = with_default(CompletionConfig, "mask", "center")
 
 
@@ -417,17 +425,17 @@ def run_task(params: FittedImagesConfig, ctx: EvalContext) -> dict:
 
 @EVALUATIONS.register("complete", config=CompletionConfig)
 def complete_task(params: CompletionConfig, ctx: EvalContext) -> dict:
-    """Image completion (seed 001 task 4b): latents fitted to the observed pixels fill the hidden ones."""
+    """Image completion (the 2AMU20 VAE assignment, task 4b): latents fitted to the observed pixels fill the hidden ones."""
     return run_task(params, ctx)
 
 
 @EVALUATIONS.register("inpainting", config=InpaintingConfig)
 def inpainting_task(params, ctx: EvalContext) -> dict:
-    """Inpainting (seed 000, eq. (4)): complete with seed 000's defaults (centre, mle, Adam)."""
+    """Inpainting (Kuntz et al. 2023, eq. (4)): complete with their defaults (centre, mle, Adam)."""
     return run_task(params, ctx)
 
 
 @EVALUATIONS.register("reconstruct_without_encoder", config=FittedImagesConfig)
 def reconstruct_without_encoder_task(params: FittedImagesConfig, ctx: EvalContext) -> dict:
-    """Reconstruction without the encoder (seed 001 task 4a): latents fitted to every pixel."""
+    """Reconstruction without the encoder (the 2AMU20 VAE assignment, task 4a): latents fitted to every pixel."""
     return run_task(params, ctx)

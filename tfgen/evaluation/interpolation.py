@@ -1,12 +1,12 @@
-"""Decoded paths through the latent space: ``interpolation`` between pairs of images (seed 001
-task 3c) and the ``manifold_grid`` of a 2-D latent space (Kingma & Welling 2014, fig. 4).
+"""Decoded paths through the latent space: ``interpolation`` between pairs of images (the 2AMU20 VAE
+assignment task 3c) and the ``manifold_grid`` of a 2-D latent space (Kingma & Welling 2014, fig. 4).
 
 Interpolation.  The images y_a, y_b of a pair get latents z_a, z_b from a source of
 :mod:`tfgen.evaluation.latent_selection` (the encoder's means, or q fitted at test time for a
 scheme without an encoder; per-datapoint latents on the training split), and the path at
 t_k = k / (N - 1), k = 0..N-1, is decoded with the likelihood's mean E[y | z]:
 
-* ``linear``: z(t) = (1 - t) z_a + t z_b (seed 001 task 3c, with lambda = 1 - t).
+* ``linear``: z(t) = (1 - t) z_a + t z_b (the 2AMU20 VAE assignment, task 3c, with lambda = 1 - t).
 * ``spherical``: slerp (Shoemake 1985, "Animating rotation with quaternion curves"; proposed for
   latent spaces by White 2016, "Sampling generative networks"):
   z(t) = sin((1 - t) W) / sin W z_a + sin(t W) / sin W z_b,
@@ -37,11 +37,11 @@ from tfgen import figures
 from tfgen.errors import ConfigError, TfgenError
 from tfgen.evaluation.latent_selection import (Source, SourceSplit, check_source,
                                                decoded_means, latent_dim, latent_means,
-                                               resolve_task, source_field, split_field)
+                                               resolve_task_source_split, source_field, split_field)
 from tfgen.evaluation.tasks import EvalContext, task_key
 from tfgen.inference.capabilities import DecoderLikelihood, require
 from tfgen.registry import EVALUATIONS
-from tfgen.schema import field
+from tfgen.schema import setting
 
 tfd = tfp.distributions
 
@@ -85,13 +85,15 @@ class InterpolationConfig:
     prefer_latents: ClassVar[bool] = False
     source: Source = source_field("encoder, else posterior")
     split: SourceSplit = split_field()
-    pairs: list[list[int]] = field(factory=list, min=0, help="[[i, j], ...]: indices of the "
-                                   "split's images to join (empty: num_pairs random pairs)")
-    num_pairs: int = field(8, min=1, max=1000, help="random pairs when pairs is empty (seeded)")
-    steps: int = field(10, min=2, max=200, help="decoded latents per path, endpoints included")
-    kind: Kind = field("linear", help="linear: (1 - t) z_a + t z_b; spherical: slerp "
-                                      "(White 2016)")
-    originals: bool = field(True, help="frame each row with the two images it joins")
+    pairs: list[list[int]] = setting(factory=list, at_least=0, help="[[i, j], ...]: indices of the "
+                                     "split's images to join (empty: num_pairs random pairs)")
+    num_pairs: int = setting(8, at_least=1, at_most=1000, help="random pairs when pairs is empty "
+                                                               "(seeded)")
+    steps: int = setting(10, at_least=2, at_most=200, help="decoded latents per path, endpoints "
+                                                           "included")
+    kind: Kind = setting("linear", help="linear: (1 - t) z_a + t z_b; spherical: slerp "
+                                        "(White 2016)")
+    originals: bool = setting(True, help="frame each row with the two images it joins")
 
     def check(self, cfg):
         require(cfg, DecoderLikelihood, task_key(cfg, self), "task 'interpolation'",
@@ -104,7 +106,7 @@ class InterpolationConfig:
 
     def check_data(self, cfg, data) -> None:
         """The pairs' indices exist in the split (before a run directory exists)."""
-        _, split = resolve_task(cfg, self)
+        _, split = resolve_task_source_split(cfg, self)
         if getattr(data, split) is None:
             return   # an empty split: refused by check() already
         size = len(getattr(data, split))
@@ -129,8 +131,8 @@ def pair_indices(params: InterpolationConfig, size: int, seed: int) -> np.ndarra
 
 @EVALUATIONS.register("interpolation", config=InterpolationConfig)
 def interpolation_task(params: InterpolationConfig, ctx: EvalContext) -> dict:
-    """Decoded latent paths between pairs of images, linear or spherical (seed 001 task 3c)."""
-    source, split_name = resolve_task(ctx.cfg, params)
+    """Decoded latent paths between pairs of images, linear or spherical (the 2AMU20 VAE assignment, task 3c)."""
+    source, split_name = resolve_task_source_split(ctx.cfg, params)
     split = ctx.split(split_name, f"{task_key(ctx.cfg, params)}.split")
     pairs = pair_indices(params, len(split), ctx.cfg.experiment.seed)
     latents = latent_means(ctx.scheme, split, source, pairs.reshape(-1), ctx.cfg.experiment.seed)
@@ -157,9 +159,10 @@ def interpolation_task(params: InterpolationConfig, ctx: EvalContext) -> dict:
 
 @dataclasses.dataclass
 class ManifoldGridConfig:
-    size: int = field(20, min=2, max=100, help="latents per side")
-    margin: float = field(0.05, gt=0.0, max=0.49, help="the grid's quantiles run from margin to "
-                                                       "1 - margin (0 and 1 are infinite)")
+    size: int = setting(20, at_least=2, at_most=100, help="latents per side")
+    margin: float = setting(0.05, above=0.0, at_most=0.49, help="the grid's quantiles run from "
+                                                                "margin to 1 - margin (0 and 1 are "
+                                                                "infinite)")
 
     def check(self, cfg):
         require(cfg, DecoderLikelihood, task_key(cfg, self), "task 'manifold_grid'",

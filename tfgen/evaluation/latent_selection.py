@@ -7,7 +7,8 @@ the images decoded back from latents.  Every task that looks at the latent space
 Sources, each asked of the scheme through its capability:
 
 * ``encoder`` -- the means mu_phi(y) of an amortized posterior q_phi(z | y)
-  (:class:`~tfgen.inference.capabilities.AmortizedPosterior`), any split (seed 001 task 3a).
+  (:class:`~tfgen.inference.capabilities.AmortizedPosterior`), any split (the 2AMU20 VAE assignment,
+  task 3a).
 * ``posterior`` -- the means of the scheme's q(z | y) for any image
   (:class:`~tfgen.inference.capabilities.Posterior`): the encoder's, or for a scheme without one
   a diagonal Gaussian fitted at test time by svi
@@ -24,10 +25,10 @@ Sources, each asked of the scheme through its capability:
   per-datapoint source and the test split otherwise.
 
 Except for ``cloud``, the first ``num_points`` images of the split are used, so two schemes are
-compared on the same images (seed 001 task 3a: the first 1000 test images).
+compared on the same images (the 2AMU20 VAE assignment, task 3a: the first 1000 test images).
 
-PCA (d > 2; seed 001 task 3b): the points X [n, d] are centred, X - mean = U S V^T (NumPy's
-SVD in float64), the coordinates are the first two columns of (X - mean) V = U S, and
+PCA (d > 2; the 2AMU20 VAE assignment, task 3b): the points X [n, d] are centred, X - mean = U S V^T
+(NumPy's SVD in float64), the coordinates are the first two columns of (X - mean) V = U S, and
 component k explains S_k^2 / sum_j S_j^2 of the total variance (Jolliffe 2002, Principal
 Component Analysis, sections 1.1 and 3.5).  Each component's sign is fixed so that its largest
 loading is positive, so the picture does not flip between runs of the same latents.
@@ -45,7 +46,7 @@ from tfgen.errors import ConfigError
 from tfgen.evaluation.tasks import EvalContext, task_key
 from tfgen.inference.capabilities import (AmortizedPosterior, PerDatapointLatents, Posterior,
                                           has, require)
-from tfgen.schema import field
+from tfgen.schema import setting
 
 Source = Literal["auto", "encoder", "posterior", "latents"]
 SourceSplit = Literal["auto", "train", "val", "test"]
@@ -58,17 +59,17 @@ NEEDS = {"encoder": (AmortizedPosterior, "source = 'posterior' or 'latents'"),
 
 
 def source_field(auto: str = "encoder, else latents, else posterior"):
-    return field("auto", help="encoder: the encoder's means; posterior: q(z|y) means (the "
-                              "encoder's, or fitted at test time); latents: per-datapoint "
-                              "latents of the training images (PGA: mean over particles); "
-                              f"auto: {auto}")
+    return setting("auto", help="encoder: the encoder's means; posterior: q(z|y) means (the "
+                                "encoder's, or fitted at test time); latents: per-datapoint "
+                                "latents of the training images (PGA: mean over particles); "
+                                f"auto: {auto}")
 
 
 def split_field():
-    return field("auto", help="whose latents: auto = train for source 'latents', else test")
+    return setting("auto", help="whose latents: auto = train for source 'latents', else test")
 
 
-def resolve(cfg: Config, source: str, split: str,
+def resolve_source_split(cfg: Config, source: str, split: str,
             per_datapoint: str | None = "latents") -> tuple[str, str]:
     """(source, split) with ``auto`` replaced by the scheme's default: ``per_datapoint`` is
     the source ``auto`` takes for the training split of a scheme with per-datapoint latents
@@ -84,17 +85,17 @@ def resolve(cfg: Config, source: str, split: str,
     return source, split
 
 
-def resolve_task(cfg: Config, params) -> tuple[str, str]:
-    """:func:`resolve` for a task with ``source`` and ``split`` keys (its class's
+def resolve_task_source_split(cfg: Config, params) -> tuple[str, str]:
+    """:func:`resolve_source_split` for a task with ``source`` and ``split`` keys (its class's
     ``prefer_latents``: whether ``auto`` takes the per-datapoint ``latents``)."""
-    return resolve(cfg, params.source, params.split,
-                   "latents" if params.prefer_latents else None)
+    return resolve_source_split(cfg, params.source, params.split,
+                                "latents" if params.prefer_latents else None)
 
 
 def check_source(cfg: Config, params, task: str) -> tuple[str, str]:
     """Load-time: the scheme has what the task's ``source`` needs, and the split exists."""
     key = task_key(cfg, params)
-    source, split = resolve_task(cfg, params)
+    source, split = resolve_task_source_split(cfg, params)
     capability, alternative = NEEDS[source]
     require(cfg, capability, f"{key}.source", f"task {task!r} with source = {source!r}",
             given=params.source, alternative=alternative)

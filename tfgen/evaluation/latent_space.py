@@ -1,6 +1,7 @@
-"""Pictures of the latent space (seed 001 task 3a/3b): the ``latent_scatter`` task (a scatter
-of latent means coloured by label, through PCA when d > 2) and the ``embedding_projector`` task
-(the latents, sprite images and labels for TensorBoard's embedding projector).
+"""Pictures of the latent space (the 2AMU20 VAE assignment, task 3a/3b): the ``latent_scatter`` task
+(a scatter of latent means coloured by label, through PCA when d > 2) and the
+``embedding_projector`` task (the latents, sprite images and labels for TensorBoard's embedding
+projector).
 
 Both take the latents of the first ``num_points`` images of a split from a ``source``
 (``encoder``, ``posterior``, ``latents`` or ``auto``) of
@@ -19,16 +20,16 @@ import tensorflow as tf
 from tfgen import figures
 from tfgen.errors import ConfigError
 from tfgen.evaluation.latent_selection import (Latents, Source, SourceSplit, check_source,
-                                               latent_dim, pca, resolve_task, select_latents,
-                                               source_field, split_field)
+                                               latent_dim, pca, resolve_task_source_split,
+                                               select_latents, source_field, split_field)
 from tfgen.evaluation.tasks import EvalContext, task_key
 from tfgen.registry import EVALUATIONS
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 def split_latents(ctx: EvalContext, params, num_points: int) -> Latents:
     """Latents of the first ``num_points`` images of the task's split."""
-    source, split = resolve_task(ctx.cfg, params)
+    source, split = resolve_task_source_split(ctx.cfg, params)
     return select_latents(ctx, source, split, num_points, f"{task_key(ctx.cfg, params)}.split")
 
 
@@ -44,9 +45,10 @@ class LatentScatterConfig:
     prefer_latents: ClassVar[bool] = True
     source: Source = source_field()
     split: SourceSplit = split_field()
-    num_points: int = field(1000, min=2, max=100000, help="the split's first images "
-                                                         "(seed 001 task 3: 1000 test images)")
-    point_size: float = field(4.0, gt=0.0, max=100.0, help="marker area (points^2)")
+    num_points: int = setting(1000, at_least=2, at_most=100000, help="the split's first images "
+                                                                     "(the 2AMU20 VAE assignment's "
+                                                                     "task 3: 1000 test images)")
+    point_size: float = setting(4.0, above=0.0, at_most=100.0, help="marker area (points^2)")
 
     def check(self, cfg):
         check_source(cfg, self, "latent_scatter")
@@ -58,7 +60,7 @@ class LatentScatterConfig:
 
 @EVALUATIONS.register("latent_scatter", config=LatentScatterConfig)
 def latent_scatter_task(params: LatentScatterConfig, ctx: EvalContext) -> dict:
-    """Latent means coloured by label: the plane itself for d = 2, PCA for d > 2 (seed 001 task 3)."""
+    """Latent means coloured by label: the plane itself for d = 2, PCA for d > 2 (the 2AMU20 VAE assignment, task 3)."""
     data = split_latents(ctx, params, params.num_points)
     n, d = data.points.shape
     name = f"latent_scatter_{data.label}"
@@ -98,8 +100,9 @@ class EmbeddingProjectorConfig:
     prefer_latents: ClassVar[bool] = True
     source: Source = source_field()
     split: SourceSplit = split_field()
-    num_points: int = field(1000, min=1, max=10000, help="the split's first images (the "
-                                                        "sprite holds one thumbnail each)")
+    num_points: int = setting(1000, at_least=1, at_most=10000, help="the split's first images (the "
+                                                                    "sprite holds one thumbnail "
+                                                                    "each)")
 
     def check(self, cfg):
         check_source(cfg, self, "embedding_projector")

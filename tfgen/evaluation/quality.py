@@ -39,7 +39,7 @@ from tfgen.inference.capabilities import DecoderLikelihood, ImageSampler, has, r
 from tfgen.inference.samplers import GMMConfig, Sampler, check_sampler, sample_latents
 from tfgen.registry import EVALUATIONS
 from tfgen.runtime import compile_step
-from tfgen.schema import field
+from tfgen.schema import setting
 
 Features = Literal["classifier", "inception"]
 
@@ -62,27 +62,30 @@ def check_classifier_data(cfg: Config, classifier: ClassifierConfig, key: str) -
 
 @dataclasses.dataclass
 class SampleQualityConfig:
-    sampler: Sampler = field("prior", help="where the latents come from: the prior, a Gaussian "
-                                           "(particle_gaussian) or a mixture (gmm) fitted to "
-                                           "the training latents")
-    num_samples: int = field(10000, min=10, max=1_000_000, help="generated images")
-    show: Literal["auto", "mean", "sample"] = field(
+    sampler: Sampler = setting("prior", help="where the latents come from: the prior, a Gaussian "
+                                             "(particle_gaussian) or a mixture (gmm) fitted to "
+                                             "the training latents")
+    num_samples: int = setting(10000, at_least=10, at_most=1_000_000, help="generated images")
+    show: Literal["auto", "mean", "sample"] = setting(
         "auto", help="decoder mean E[y|z], or a draw y ~ p(y|z); auto: a draw when data.binarize "
                      "is on (the reference images are binary then), else the mean")
-    reference_split: SplitName = field("test", help="the real images compared with")
-    max_reference: int = field(10000, min=0, help="first N images of the split (0 = all)")
-    features: Features = field("classifier", help="classifier: tfgen's own, trained on the "
-                                                  "labelled training split and cached; "
-                                                  "inception: InceptionV3 (pip install tfgen[fid])")
-    classifier: ClassifierConfig = field(factory=ClassifierConfig)
-    gmm: GMMConfig = field(factory=GMMConfig)
-    kid_subsets: int = field(100, min=1, max=10000, help="KID: random subsets averaged")
-    kid_subset_size: int = field(1000, min=2, help="KID: images per subset (at most the sets' sizes)")
-    nearest_neighbours: int = field(3, min=1, max=100, help="precision/recall: the k of the "
-                                                           "k-NN balls")
-    baseline: bool = field(True, help="also score as many training images (the real-data floor)")
-    inception_python: str = field("", help="interpreter with the tfgen[fid] extra ('' = this one)")
-    batch_size: int = field(500, min=1, help="images decoded and featurized at once")
+    reference_split: SplitName = setting("test", help="the real images compared with")
+    max_reference: int = setting(10000, at_least=0, help="first N images of the split (0 = all)")
+    features: Features = setting("classifier", help="classifier: tfgen's own, trained on the "
+                                                    "labelled training split and cached; "
+                                                    "inception: InceptionV3 (pip install "
+                                                    "tfgen[fid])")
+    classifier: ClassifierConfig = setting(factory=ClassifierConfig)
+    gmm: GMMConfig = setting(factory=GMMConfig)
+    kid_subsets: int = setting(100, at_least=1, at_most=10000, help="KID: random subsets averaged")
+    kid_subset_size: int = setting(1000, at_least=2, help="KID: images per subset (at most the "
+                                                          "sets' sizes)")
+    nearest_neighbours: int = setting(3, at_least=1, at_most=100, help="precision/recall: the k of "
+                                                                       "the k-NN balls")
+    baseline: bool = setting(True, help="also score as many training images (the real-data floor)")
+    inception_python: str = setting("", help="interpreter with the tfgen[fid] extra ('' = this "
+                                             "one)")
+    batch_size: int = setting(500, at_least=1, help="images decoded and featurized at once")
 
     def check(self, cfg: Config) -> None:
         key = task_key(cfg, self)
@@ -198,7 +201,7 @@ def sample_quality_task(params: SampleQualityConfig, ctx: EvalContext) -> dict:
 
 @dataclasses.dataclass
 class FeatureClassifierTaskConfig:
-    classifier: ClassifierConfig = field(factory=ClassifierConfig)
+    classifier: ClassifierConfig = setting(factory=ClassifierConfig)
 
     def check(self, cfg: Config) -> None:
         check_classifier_data(cfg, self.classifier, f"{task_key(cfg, self)}.classifier")

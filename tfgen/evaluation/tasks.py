@@ -20,7 +20,7 @@ from tfgen.inference.grids import SamplesConfig, reconstruction_grid, sample_gri
 from tfgen.inference.proposals import Proposal
 from tfgen.registry import EVALUATIONS
 from tfgen.runtime import compile_step
-from tfgen.schema import field
+from tfgen.schema import setting
 
 SplitName = Literal["train", "val", "test"]
 
@@ -77,11 +77,11 @@ def _needs(cfg: Config, capability, task: str) -> None:
 
 @dataclasses.dataclass
 class ElboTaskConfig:
-    split: SplitName = field("test")
-    mc_samples: int = field(1, min=1, max=10000)
-    batch_size: int = field(500, min=1)
-    max_images: int = field(0, min=0, help="0 = the whole split (a q fitted at test time costs "
-                                           "an optimisation per image)")
+    split: SplitName = setting("test")
+    mc_samples: int = setting(1, at_least=1, at_most=10000)
+    batch_size: int = setting(500, at_least=1)
+    max_images: int = setting(0, at_least=0, help="0 = the whole split (a q fitted at test time "
+                                                  "costs an optimisation per image)")
 
     def check(self, cfg):
         _needs(cfg, Posterior, "elbo")
@@ -100,36 +100,37 @@ def elbo_task(params: ElboTaskConfig, ctx: EvalContext) -> dict:
 
 @dataclasses.dataclass
 class LogLikelihoodConfig:
-    split: SplitName = field("test")
-    estimator: Literal["is", "ais", "exact"] = field(
+    split: SplitName = setting("test")
+    estimator: Literal["is", "ais", "exact"] = setting(
         "is", help="is: importance sampling with K = `samples` draws of `proposal` (Burda et "
                    "al. 2016); exact: log p(y) in closed form (models that have one: em); "
                    "ais: annealed importance sampling (Neal 2001; Wu et al. 2017), "
                    "slow: for small subsets (max_images), to check the is numbers")
-    samples: int = field(100, min=1, max=100000, help="is: importance samples K per image, "
-                                                      "decoded 100 at a time")
-    proposal: Literal["posterior", "student_t", "scaled"] = field(
+    samples: int = setting(100, at_least=1, at_most=100000, help="is: importance samples K per "
+                                                                 "image, decoded 100 at a time")
+    proposal: Literal["posterior", "student_t", "scaled"] = setting(
         "posterior", help="is (and ais with ais_start = 'proposal'): q(z | y) itself (the "
                           "encoder's, or fitted at test time), a multivariate Student-t with q's "
                           "location and scale and proposal_df degrees of freedom, or q with its "
                           "scale times proposal_scale")
-    proposal_df: float = field(5.0, gt=0.0, help="student_t: degrees of freedom nu (smaller: "
-                                                 "heavier tails)")
-    proposal_scale: float = field(1.5, gt=0.0, help="scaled: factor c on q's standard "
-                                                    "deviations")
-    ais_steps: int = field(500, min=1, max=1_000_000, help="ais: T annealing distributions, "
-                                                           "sigmoid schedule")
-    ais_chains: int = field(16, min=1, max=10000, help="ais: chains per image")
-    ais_leapfrog: int = field(10, min=1, max=1000, help="ais: leapfrog steps per HMC "
-                                                        "transition (1 = MALA)")
-    ais_step_size: float = field(0.05, gt=0.0, max=0.5, help="ais: initial HMC step size, "
-                                                              "then adapted per image to an "
-                                                              "acceptance of 0.65")
-    ais_start: Literal["prior", "proposal"] = field(
+    proposal_df: float = setting(5.0, above=0.0, help="student_t: degrees of freedom nu (smaller: "
+                                                      "heavier tails)")
+    proposal_scale: float = setting(1.5, above=0.0, help="scaled: factor c on q's standard "
+                                                         "deviations")
+    ais_steps: int = setting(500, at_least=1, at_most=1_000_000, help="ais: T annealing "
+                                                                      "distributions, sigmoid "
+                                                                      "schedule")
+    ais_chains: int = setting(16, at_least=1, at_most=10000, help="ais: chains per image")
+    ais_leapfrog: int = setting(10, at_least=1, at_most=1000, help="ais: leapfrog steps per HMC "
+                                                                   "transition (1 = MALA)")
+    ais_step_size: float = setting(0.05, above=0.0, at_most=0.5, help="ais: initial HMC step size, "
+                                                                      "then adapted per image to "
+                                                                      "an acceptance of 0.65")
+    ais_start: Literal["prior", "proposal"] = setting(
         "prior", help="ais: the chains start from p(z) (no q needed: no test-time fit for "
                       "encoder-free schemes) or from `proposal`")
-    max_images: int = field(1000, min=0, help="0 = the whole split")
-    batch_size: int = field(50, min=1, help="images at once (ais: times ais_chains chains)")
+    max_images: int = setting(1000, at_least=0, help="0 = the whole split")
+    batch_size: int = setting(50, at_least=1, help="images at once (ais: times ais_chains chains)")
 
     def check(self, cfg):
         if self.estimator == "exact":
@@ -207,9 +208,9 @@ def log_likelihood_task(params: LogLikelihoodConfig, ctx: EvalContext) -> dict:
 
 @dataclasses.dataclass
 class ReconstructionsConfig:
-    split: SplitName = field("test")
-    num_images: int = field(32, min=1, max=512)
-    ncols: int = field(8, min=1, max=64)
+    split: SplitName = setting("test")
+    num_images: int = setting(32, at_least=1, at_most=512)
+    ncols: int = setting(8, at_least=1, at_most=64)
 
     def check(self, cfg):
         _needs(cfg, Posterior, "reconstructions")

@@ -1,4 +1,4 @@
-"""The Riemannian geometry of a decoder's latent space (seed 004).
+"""The Riemannian geometry of a decoder's latent space (Arvanitidis, Hansen & Hauberg 2018; Grisi & Darcet 2020).
 
 Arvanitidis, Hansen & Hauberg, "Latent Space Oddity: on the Curvature of Deep Generative
 Models" (ICLR 2018); Chen et al., "Fast Approximate Geodesics for Deep Generative Models"

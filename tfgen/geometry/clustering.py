@@ -1,4 +1,4 @@
-"""Clustering latents with geodesic distances against Euclidean k-means (seed 004, Experiment 1).
+"""Clustering latents with geodesic distances against Euclidean k-means (Grisi & Darcet 2020, Experiment 1).
 
 Geodesic distances between many points.  Solving a boundary problem for each of n^2 / 2
 pairs is out of reach, so, after Chen et al. (2019, "Fast approximate geodesics"), the
@@ -9,7 +9,7 @@ decoder passes only), and the geodesic distance is the shortest-path distance
 (Floyd-Warshall, O(n^3) vectorised: about a second for n = 1000).  Where the graph falls
 apart into pieces the neighbour count is doubled until it is connected.
 
-Clustering.  Seed 004's geodesic k-means assigns every point to the nearest centre in
+Clustering.  Grisi & Darcet's (2020) geodesic k-means assigns every point to the nearest centre in
 geodesic distance and moves each centre to the point minimising the sum of squared
 geodesic distances of its cluster (a Frechet mean).  On the graph the centres are data
 points: this is k-medoids (Kaufman & Rousseeuw 1987) on the squared graph distances, with
@@ -92,7 +92,7 @@ def graph_geodesic_distances(embed: Embedding, points, neighbours: int = 10,
 def kmedoids(distances, k: int, seed: int = 0, restarts: int = 10,
              iterations: int = 100) -> tuple[np.ndarray, np.ndarray, float]:
     """k-medoids on a distance matrix [n, n], minimising the sum of squared distances to the
-    medoid (seed 004: the centre minimises the sum of squared geodesic distances of its
+    medoid (Grisi & Darcet 2020: the centre minimises the sum of squared geodesic distances of its
     cluster): (assignments [n], medoid indices [k], cost)."""
     squared = np.square(np.asarray(distances, np.float64))
     n = len(squared)

@@ -22,8 +22,8 @@ the minimisation can only shorten it.  Two optimisers:
   gradient coordinate, so where a curve is already (nearly) optimal it still moves nodes by
   about the step size in float32-noise directions: the decay makes them settle.
 
-Shooting (a check).  A geodesic of M = J^T J solves (seed 004's ODE, written with the
-embedding's second derivative instead of dvec(M)/dz: the tangential part of the
+Shooting (a check).  A geodesic of M = J^T J solves (the ODE of Arvanitidis, Hansen & Hauberg 2018,
+written with the embedding's second derivative instead of dvec(M)/dz: the tangential part of the
 acceleration of g(gamma) vanishes, J^T (J gamma'' + d^2 g[gamma', gamma']) = 0)
 
     gamma'' = - M(gamma)^-1 J(gamma)^T d^2 g(gamma)[gamma', gamma'],
@@ -33,8 +33,8 @@ where d^2 g[v, v] is a forward-over-forward derivative (two nested
 corrects the initial velocity by Newton steps on the end-point miss (finite-difference
 Jacobian, all d + 1 trajectories in one batch).  Started from the energy solution's initial
 velocity, a small miss and an equal length confirm the energy solution.  The ODE needs a
-twice differentiable decoder (as seed 004's Theorem 1 does): with ReLU units the metric
-jumps across their kinks, d^2 g misses those jumps, and the trajectories go astray (measured
+twice differentiable decoder (as Theorem 1 of Arvanitidis et al. (2018) does): with ReLU units the
+metric jumps across their kinks, d^2 g misses those jumps, and the trajectories go astray (measured
 on a ReLU conv decoder: initial misses of 10^6 latent distances); use a smooth activation
 (GELU, softplus, tanh, swish) where the check matters.
 """

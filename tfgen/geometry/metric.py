@@ -2,7 +2,7 @@
 
 A decoder whose likelihood p(y | z) has per-pixel mean mu(z) and standard deviation sigma(z)
 acts as the random map f(z) = mu(z) + sigma(z) * eps, eps ~ N(0, I_D).  Its expected metric
-is (seed 004, Theorem 1; Arvanitidis, Hansen & Hauberg 2018, Theorem 1)
+is (Arvanitidis, Hansen & Hauberg 2018, Theorem 1)
 
     M(z) = E_eps[J_f(z)^T J_f(z)] = J_mu(z)^T J_mu(z) + J_sigma(z)^T J_sigma(z),
 
@@ -142,7 +142,7 @@ class ExpectedMetric:
 
 
 def log_magnification(metric) -> tf.Tensor:
-    """log sqrt(det M) (the measure element of seed 004), in float64 (-inf where M is
+    """log sqrt(det M) (the measure element of Arvanitidis et al. 2018), in float64 (-inf where M is
     singular)."""
     return 0.5 * tf.linalg.slogdet(tf.cast(metric, tf.float64))[1]
 

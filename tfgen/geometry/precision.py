@@ -1,6 +1,6 @@
 """The paper's fix for the decoder variance: a positive RBF network for the precision.
 
-Arvanitidis, Hansen & Hauberg (2018, Sec. 4; seed 004, "Regularizing the geometry"): a
+Arvanitidis, Hansen & Hauberg (2018, Sec. 4): a
 neural network extrapolates sigma(z) arbitrarily away from the data, so the geometry there
 is arbitrary too.  Model the precision instead,
 
@@ -44,7 +44,7 @@ from tfgen.models.kmeans import kmeans
 from tfgen.models.likelihoods import Likelihood
 from tfgen.models.model import GenerativeModel
 from tfgen.runtime import compile_step
-from tfgen.schema import field
+from tfgen.schema import setting
 
 tfd = tfp.distributions
 
@@ -53,16 +53,19 @@ tfd = tfp.distributions
 class RBFPrecisionConfig:
     """How the RBF precision is fitted (the ``rbf_precision`` task's keys)."""
 
-    centres: int = field(64, min=1, max=4096, help="K: RBF centres, k-means of the training latents")
-    bandwidth_scale: float = field(1.0, gt=0.0, max=100.0,
-                                   help="a: lambda_k = 1/2 (a * mean distance to centre k)^-2; "
-                                        "larger a, wider kernels (the paper's curvature knob)")
-    max_sigma: float = field(1.0, gt=0.0, help="sigma far from the data: zeta = 1 / max_sigma^2")
-    fit_images: int = field(5000, min=1, help="training images whose latents fit W")
-    fit_samples: int = field(2, min=1, max=100, help="latent samples z ~ q(z | y) per image "
-                                                     "(a PGA cloud gives its particles)")
-    steps: int = field(500, min=1, max=100000, help="full-batch Adam steps on W")
-    learning_rate: float = field(0.05, gt=0.0, max=10.0)
+    centres: int = setting(64, at_least=1, at_most=4096, help="K: RBF centres, k-means of the "
+                                                              "training latents")
+    bandwidth_scale: float = setting(1.0, above=0.0, at_most=100.0,
+                                     help="a: lambda_k = 1/2 (a * mean distance to centre k)^-2; "
+                                          "larger a, wider kernels (the paper's curvature knob)")
+    max_sigma: float = setting(1.0, above=0.0, help="sigma far from the data: zeta = 1 / "
+                                                    "max_sigma^2")
+    fit_images: int = setting(5000, at_least=1, help="training images whose latents fit W")
+    fit_samples: int = setting(2, at_least=1, at_most=100, help="latent samples z ~ q(z | y) per "
+                                                                "image (a PGA cloud gives its "
+                                                                "particles)")
+    steps: int = setting(500, at_least=1, at_most=100000, help="full-batch Adam steps on W")
+    learning_rate: float = setting(0.05, above=0.0, at_most=10.0)
 
 
 class RBFPrecision(tf.Module):

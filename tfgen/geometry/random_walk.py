@@ -1,6 +1,7 @@
 """Random walks in the latent space: Euclidean steps against steps that follow the metric.
 
-Seed 004's experiment (after Arvanitidis et al. 2018, Sec. 5): Gaussian random walks
+The random-walk experiment of Grisi & Darcet (2020, after Arvanitidis et al. 2018, Sec. 5):
+Gaussian random walks
 
     Euclidean:    z_{t+1} = z_t + s eps_t,                          eps_t ~ N(0, I_d)
     Riemannian:   z_{t+1} = z_t + s sqrt(m) L(z_t)^-T eps_t,        L L^T = M(z_t)

@@ -1,9 +1,9 @@
 """Alternating back-propagation (scheme ``abp``): a persistent Langevin chain per training image.
 
-Han, Lu, Zhu & Wu 2017 ("Alternating Back-Propagation for Generator Network", AAAI), as seed
-000's paper runs it for its comparison (ParEM ``AlternatingBackprop``: "a sub-sampled version
-of Alternating Backprop: a persistent version of short run").  Every training image m has one
-latent z^m, a row of the shared per-datapoint table
+Han, Lu, Zhu & Wu 2017 ("Alternating Back-Propagation for Generator Network", AAAI), as
+Kuntz et al.'s (2023) paper runs it for its comparison (ParEM ``AlternatingBackprop``: "a
+sub-sampled version of Alternating Backprop: a persistent version of short run").  Every training
+image m has one latent z^m, a row of the shared per-datapoint table
 (:class:`tfgen.inference.latents.LatentTable`, no row optimizer), initialised from the prior
 p(z).  Each step, for a batch B: the inferential back-propagation, K Langevin steps on the
 z^m, m in B, under log p_theta(z, y^m) from where the last visit left them (the chain

@@ -1,5 +1,5 @@
 """Adversarial schemes: the lecture's first way to learn a generative model, avoiding the
-integral (seed 003, GANs).
+integral (Mairal & Alameda-Pineda 2019-2020, GANs).
 
 The generator is the config's own model: z ~ p(z) (``[model.prior]``), decoded by
 ``[model.decoder]``, and the image is the likelihood's mean E[y | z] (``[model.likelihood]``:
@@ -47,7 +47,7 @@ from tfgen.inference.elbo import gaussian_posterior_from_scale
 from tfgen.models.model import with_file
 from tfgen.models.networks import build_network
 from tfgen.registry import SCHEMES
-from tfgen.schema import Component, field
+from tfgen.schema import Component, setting
 
 SALT_Z_DISCRIMINATOR = 11
 SALT_Z_GENERATOR = 12
@@ -56,18 +56,19 @@ SALT_EPSILON = 13
 
 @dataclasses.dataclass
 class GANConfig:
-    loss: Literal["minimax", "non_saturating", "hinge", "wgan_gp"] = field(
+    loss: Literal["minimax", "non_saturating", "hinge", "wgan_gp"] = setting(
         "non_saturating", help="minimax (Goodfellow et al.), non_saturating (DCGAN), hinge, "
                                "wgan_gp (Wasserstein critic + gradient penalty)")
-    n_critic: int = field(1, min=1, max=100, help="discriminator steps per generator step "
-                                                   "(WGAN-GP: 5)")
-    gradient_penalty: float = field(10.0, min=0.0, help="lambda of the gradient penalty "
-                                                        "(wgan_gp; Gulrajani et al.: 10)")
-    discriminator_learning_rate: float = field(2e-4, gt=0.0, help="the generator's is "
-                                                                  "train.learning_rate")
-    beta1: float = field(0.5, min=0.0, max=0.9999, help="Adam's beta_1 for both players "
-                                                        "(DCGAN 0.5; WGAN-GP 0.0)")
-    beta2: float = field(0.999, min=0.0, max=0.999999, help="Adam's beta_2 (WGAN-GP 0.9)")
+    n_critic: int = setting(1, at_least=1, at_most=100, help="discriminator steps per generator "
+                                                             "step (WGAN-GP: 5)")
+    gradient_penalty: float = setting(10.0, at_least=0.0, help="lambda of the gradient penalty "
+                                                               "(wgan_gp; Gulrajani et al.: 10)")
+    discriminator_learning_rate: float = setting(2e-4, above=0.0, help="the generator's is "
+                                                                       "train.learning_rate")
+    beta1: float = setting(0.5, at_least=0.0, at_most=0.9999, help="Adam's beta_1 for both players "
+                                                                   "(DCGAN 0.5; WGAN-GP 0.0)")
+    beta2: float = setting(0.999, at_least=0.0, at_most=0.999999, help="Adam's beta_2 (WGAN-GP "
+                                                                       "0.9)")
 
     def check(self, cfg):
         if self.n_critic > 1 and cfg.runtime.strategy != "default":
@@ -87,14 +88,15 @@ class BiGANConfig(GANConfig):
     #: keys that size checkpointed state: a resume may not change them (config.fixed_on_resume)
     fixed_on_resume = ("joint_hidden", "image_features")  # D's (the encoder: a network)
 
-    encoder: Component = field(factory=lambda: Component("conv_encoder"), registry="networks",
-                               help="E(x) -> z, deterministic (Donahue et al. 2017)")
-    joint_hidden: int = field(256, min=1, max=65536, help="width of D's z branch and joint "
-                                                          "layers")
-    image_features: int = field(256, min=1, max=65536, help="features of x that D's image "
-                                                            "network emits")
-    posterior_scale: float = field(0.1, gt=0.0, max=10.0, help="s of q(z | x) = N(E(x), s^2 I)"
-                                                               " for the ELBO/IWAE tasks")
+    encoder: Component = setting(factory=lambda: Component("conv_encoder"), registry="networks",
+                                 help="E(x) -> z, deterministic (Donahue et al. 2017)")
+    joint_hidden: int = setting(256, at_least=1, at_most=65536, help="width of D's z branch and "
+                                                                     "joint layers")
+    image_features: int = setting(256, at_least=1, at_most=65536, help="features of x that D's "
+                                                                       "image network emits")
+    posterior_scale: float = setting(0.1, above=0.0, at_most=10.0, help="s of q(z | x) = N(E(x), "
+                                                                        "s^2 I) for the ELBO/IWAE "
+                                                                        "tasks")
 
 
 class Adversarial(Scheme, DecoderLikelihood, LatentSampler):

@@ -1,5 +1,5 @@
 """The model without latents: a PixelCNN over whole images trained by maximum likelihood (the
-lecture's fourth way, seed 003; van den Oord et al. 2016).
+lecture's fourth way, Mairal & Alameda-Pineda 2019-2020; van den Oord et al. 2016).
 
 ``scheme = "autoregressive"``: p(y) = prod_i p(y_i | y_<i), each factor a discretized logistic
 mixture (:mod:`tfgen.models.pixelcnn`, tfd.PixelCNN with its masks applied).  Training

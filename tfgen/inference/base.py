@@ -187,10 +187,10 @@ class MaximumLikelihood(Scheme, ExactLogLikelihood):
 
 class PosteriorEstimates(Posterior, LogLikelihood, DecoderLikelihood, LatentSampler):
     """The estimators every scheme with a Gaussian q(z | y) shares, whatever gives the q:
-    the ELBO terms and the importance-weighted log-likelihood (seed 001 task 1b; Burda et al.
-    2016), computed in compiled functions of the images and q's parameters.  The importance
-    proposal is q itself or q widened (:mod:`tfgen.inference.proposals`): one piece for the
-    encoder's q and for a q fitted at test time alike."""
+    the ELBO terms and the importance-weighted log-likelihood (the 2AMU20 VAE assignment, task 1b;
+    Burda et al. 2016), computed in compiled functions of the images and q's parameters.  The
+    importance proposal is q itself or q widened (:mod:`tfgen.inference.proposals`): one piece for
+    the encoder's q and for a q fitted at test time alike."""
 
     def _compiled(self, name, fn):
         cache = self.__dict__.setdefault("_compiled_estimators", {})

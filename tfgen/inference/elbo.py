@@ -4,7 +4,7 @@ For q(z) = N(mu, diag(sigma^2)) and the model p(z) p_theta(y | z):
 
     ELBO(y) = E_q[log p_theta(y | z)] - KL(q(z) || p(z)) <= log p_theta(y)
 
-(seed 001, task 1b; Kingma & Welling 2014, eq. (3)).  The expectation is a
+(the 2AMU20 VAE assignment, task 1b; Kingma & Welling 2014, eq. (3)).  The expectation is a
 reparameterized Monte Carlo average z = mu + sigma * eps, eps ~ N(0, I); the
 KL is in closed form (Kingma & Welling 2014, appendix B) for the standard normal prior and
 the Monte Carlo estimate at the same samples for the others (``GenerativeModel.kl_to_prior``).  The importance
@@ -33,7 +33,7 @@ class ElboTerms(NamedTuple):
 
 
 def gaussian_posterior(mean: tf.Tensor, log_variance: tf.Tensor) -> tfd.MultivariateNormalDiag:
-    """q(z) = N(mean, diag(exp(log_variance))) (seed 001, task 1a)."""
+    """q(z) = N(mean, diag(exp(log_variance))) (the 2AMU20 VAE assignment, task 1a)."""
     return tfd.MultivariateNormalDiag(loc=mean, scale_diag=tf.exp(0.5 * log_variance))
 
 

@@ -1,5 +1,6 @@
 """Linear latent-variable models fitted by expectation-maximisation: the lecture's first models
-(seed 003), the baselines every deep model's log-likelihood is read against.
+(Mairal & Alameda-Pineda 2019-2020), the baselines every deep model's log-likelihood is read
+against.
 
 ``scheme = "em"`` with ``model``:
 
@@ -44,7 +45,7 @@ from tfgen.models import ppca
 from tfgen.models.gmm import ALIVE, m_step_from_sums
 from tfgen.models.kmeans import kmeans_plus_plus
 from tfgen.registry import SCHEMES
-from tfgen.schema import field
+from tfgen.schema import setting
 
 tfd = tfp.distributions
 LOG_2PI = math.log(2.0 * math.pi)
@@ -61,21 +62,21 @@ class EMConfig:
     #: keys that size checkpointed state: a resume may not change them (config.fixed_on_resume)
     fixed_on_resume = ("model", "components", "covariance")
 
-    model: Literal["ppca", "gmm"] = field("ppca", help="ppca: probabilistic PCA (linear decoder, "
-                                                       "learned sigma); gmm: Gaussian mixture "
-                                                       "on pixels")
-    iterations: int = field(1000, min=1, max=1_000_000,
-                            help="ppca: EM iterations on the accumulated covariance after each "
-                                 "pass over the data")
-    tolerance: float = field(1e-9, min=0.0, help="ppca: stop the iterations when the mean "
-                                                  "log-likelihood improves by less")
-    components: int = field(10, min=1, max=10000, help="gmm: K components")
-    covariance: Literal["isotropic", "diagonal"] = field("diagonal", help="gmm: s_k^2 I or "
-                                                                           "diag(s_k^2)")
-    variance_floor: float = field(1e-3, gt=0.0, help="gmm: floor of every variance (pixels "
-                                                     "that never vary would give density inf)")
-    init_images: int = field(5000, min=1, help="gmm: training images k-means++ picks the "
-                                               "initial means from")
+    model: Literal["ppca", "gmm"] = setting("ppca", help="ppca: probabilistic PCA (linear decoder, "
+                                                         "learned sigma); gmm: Gaussian mixture "
+                                                         "on pixels")
+    iterations: int = setting(1000, at_least=1, at_most=1_000_000,
+                              help="ppca: EM iterations on the accumulated covariance after each "
+                                   "pass over the data")
+    tolerance: float = setting(1e-9, at_least=0.0, help="ppca: stop the iterations when the mean "
+                                                         "log-likelihood improves by less")
+    components: int = setting(10, at_least=1, at_most=10000, help="gmm: K components")
+    covariance: Literal["isotropic", "diagonal"] = setting("diagonal", help="gmm: s_k^2 I or "
+                                                                             "diag(s_k^2)")
+    variance_floor: float = setting(1e-3, above=0.0, help="gmm: floor of every variance (pixels "
+                                                          "that never vary would give density inf)")
+    init_images: int = setting(5000, at_least=1, help="gmm: training images k-means++ picks the "
+                                                      "initial means from")
 
     def check(self, cfg):
         file = cfg.source_file
@@ -134,7 +135,7 @@ class EM(Scheme):
     default_evaluations = ()
 
     @classmethod
-    def resolve(cls, params: EMConfig) -> type:
+    def variant_class(cls, params: EMConfig) -> type:
         """The class that implements ``params.model`` (its capabilities differ)."""
         return {"ppca": PPCAByEM, "gmm": GMMByEM}[params.model]
 

@@ -3,22 +3,24 @@
 For images y (optionally with only the pixels O observed) and a trained p(z) p_theta(y | z),
 every image gets its own latent state, fitted by minimising its own objective:
 
-* ``svi``  -- a diagonal Gaussian q(z | psi), psi = (mu, log sigma^2) (seed 001, task 4a/4b):
-             minimise -ELBO_O(psi) = -(E_q[log p_theta(y_O | z)] - KL(q(z | psi) || p(z))),
-             the expectation by ``mc_samples`` reparameterized samples, the KL in closed form.
+* ``svi``  -- a diagonal Gaussian q(z | psi), psi = (mu, log sigma^2) (the 2AMU20 VAE assignment,
+             task 4a/4b): minimise -ELBO_O(psi) = -(E_q[log p_theta(y_O | z)] - KL(q(z | psi) ||
+             p(z))), the expectation by ``mc_samples`` reparameterized samples, the KL in closed
+             form.
 * ``map``  -- a point z: minimise -(lambda log p(z) + log p_theta(y_O | z)), lambda =
              ``prior_weight`` (1: the posterior mode).
-* ``mle``  -- the same with lambda = 0: seed 000's eq. (4), the latents that maximise the
-             likelihood of a corrupted image.
+* ``mle``  -- the same with lambda = 0: eq. (4) of Kuntz et al. (2023), the latents that maximise
+             the likelihood of a corrupted image.
 * ``langevin`` -- a chain z' = z + h grad log p(z, y_O) + sqrt(2h) w from the initial latents
-             (seed 000, eq. (3) with theta fixed) for all ``steps``; the last state is the result.
+             (Kuntz et al. 2023, eq. (3) with theta fixed) for all ``steps``; the last state is the
+             result.
 * ``encoder`` -- q_phi(z | y) of an amortized posterior, with hidden pixels set to the low end of
              the pixel range (no optimisation).
 
 log p(y_O | z) sums only the observed pixels' terms under the model's own likelihood
 (:meth:`tfgen.models.likelihoods.Likelihood.log_prob_observed`), so hidden pixels cannot
 change the objective.  All images of a chunk are fitted at once in one compiled
-``tf.while_loop``.  Each image has its own early-stopping state (seed 001 task 4a:
+``tf.while_loop``.  Each image has its own early-stopping state (the 2AMU20 VAE assignment, task 4a:
 patience on its own objective): it stops updating once its objective has not improved by
 ``min_delta`` for ``patience`` steps, and the loop ends when every image has stopped or
 after ``steps`` steps; the best parameters seen are returned.  The noise of image k at
@@ -44,7 +46,7 @@ from tfgen.inference.elbo import gaussian_posterior_from_scale
 from tfgen.inference.latents import LatentOptimizerConfig, RowOptimizer
 from tfgen.inference.samplers import Sampler, check_sampler, sample_latents
 from tfgen.runtime import compile_step
-from tfgen.schema import field
+from tfgen.schema import setting
 
 tfd = tfp.distributions
 
@@ -56,24 +58,32 @@ METHODS = ("svi", "map", "mle", "langevin", "encoder")
 class FitConfig:
     """How latents are fitted to images at test time (the ``[....fit]`` tables)."""
 
-    method: Method = field("svi", help="svi: a Gaussian q per image (seed 001 task 4); map / mle: "
-                                       "a point latent (mle = seed 000 eq. (4)); langevin: a "
-                                       "chain; encoder: q(z | y) of the scheme's encoder")
-    steps: int = field(500, min=1, max=1_000_000, help="at most this many steps (seed 001: 500 "
-                                                       "epochs; seed 000: 1000)")
-    patience: int = field(50, min=0, help="an image stops after this many steps without "
-                                          "improving its objective (0 = never; seed 001: 50)")
-    min_delta: float = field(0.0, min=0.0, help="improvement that resets an image's patience")
-    optimizer: LatentOptimizerConfig = field(factory=LatentOptimizerConfig,
-                                             help="the latents' optimizer")
-    init: Literal["random", "zeros", "sampler", "encoder"] = field(
-        "random", help="random: mu, log sigma^2 (or z) ~ N(0, 1) (seed 001); zeros; sampler: "
-                       "latents from `sampler` (seed 000); encoder: the encoder's q")
-    sampler: Sampler = field("prior", help="where init = 'sampler' draws the initial latents")
-    mc_samples: int = field(1, min=1, max=1000, help="svi: reparameterized samples per step")
-    prior_weight: float = field(1.0, min=0.0, help="map: lambda in lambda log p(z) + log p(y|z)")
-    step_size: float = field(1e-3, gt=0.0, max=1.0, help="langevin: h")
-    batch_size: int = field(256, min=1, max=100_000, help="images fitted at once")
+    method: Method = setting("svi", help="svi: a Gaussian q per image (the 2AMU20 VAE assignment, "
+                                         "task 4); map / mle: a point latent (mle = Kuntz et al. "
+                                         "(2023), eq. (4)); langevin: a chain; encoder: q(z | y) "
+                                         "of the scheme's encoder")
+    steps: int = setting(500, at_least=1, at_most=1_000_000, help="at most this many steps (the "
+                                                                  "2AMU20 VAE assignment: 500 "
+                                                                  "epochs; Kuntz et al. (2023): "
+                                                                  "1000)")
+    patience: int = setting(50, at_least=0, help="an image stops after this many steps without "
+                                                 "improving its objective (0 = never; the 2AMU20 "
+                                                 "VAE assignment: 50)")
+    min_delta: float = setting(0.0, at_least=0.0, help="improvement that resets an image's "
+                                                       "patience")
+    optimizer: LatentOptimizerConfig = setting(factory=LatentOptimizerConfig,
+                                               help="the latents' optimizer")
+    init: Literal["random", "zeros", "sampler", "encoder"] = setting(
+        "random", help="random: mu, log sigma^2 (or z) ~ N(0, 1) (the 2AMU20 VAE assignment); "
+                       "zeros; sampler: latents from `sampler` (Kuntz et al. 2023); encoder: the "
+                       "encoder's q")
+    sampler: Sampler = setting("prior", help="where init = 'sampler' draws the initial latents")
+    mc_samples: int = setting(1, at_least=1, at_most=1000, help="svi: reparameterized samples per "
+                                                                "step")
+    prior_weight: float = setting(1.0, at_least=0.0, help="map: lambda in lambda log p(z) + log "
+                                                          "p(y|z)")
+    step_size: float = setting(1e-3, above=0.0, at_most=1.0, help="langevin: h")
+    batch_size: int = setting(256, at_least=1, at_most=100_000, help="images fitted at once")
 
     def check(self, cfg, key: str) -> None:
         """Load-time: the scheme has what the method and the initialisation need."""
@@ -253,7 +263,7 @@ def fill_hidden(images, observed, scheme) -> np.ndarray:
 
 class FittedPosterior(PosteriorEstimates):
     """q(z | y) for schemes without an encoder: a diagonal Gaussian fitted to each image at
-    test time by ``svi`` (seed 001 task 4a), with the settings of the scheme's
+    test time by ``svi`` (the 2AMU20 VAE assignment, task 4a), with the settings of the scheme's
     ``posterior_fit`` table.  It gives them the ELBO, the importance-sampled log-likelihood
     (the fitted q as proposal: still a bound in expectation) and reconstructions."""
 
@@ -271,8 +281,8 @@ class FittedPosterior(PosteriorEstimates):
 
 def posterior_fit_field(steps: int = 200, patience: int = 20):
     """The ``posterior_fit`` key of an encoder-free scheme's config: svi fitting settings."""
-    return field(factory=lambda: FitConfig(method="svi", steps=steps, patience=patience),
-                 help="how q(z | y) is fitted to new images at test time (method 'svi')")
+    return setting(factory=lambda: FitConfig(method="svi", steps=steps, patience=patience),
+                   help="how q(z | y) is fitted to new images at test time (method 'svi')")
 
 
 def check_posterior_fit(config: FitConfig, cfg, key: str) -> None:

@@ -1,5 +1,5 @@
 """A normalizing flow as the whole model: the lecture's third way, an invertible map
-(seed 003, RealNVP slides; Dinh, Sohl-Dickstein & Bengio 2017).
+(Mairal & Alameda-Pineda 2019-2020, RealNVP slides; Dinh, Sohl-Dickstein & Bengio 2017).
 
 ``scheme = "flow"`` trains, by exact maximum likelihood, a RealNVP on the flattened pixels:
 
@@ -32,7 +32,7 @@ from tfgen.inference.base import MaximumLikelihood
 from tfgen.inference.capabilities import ImageSampler
 from tfgen.models.priors import realnvp_bijector
 from tfgen.registry import SCHEMES
-from tfgen.schema import field
+from tfgen.schema import setting
 
 tfd = tfp.distributions
 SALT_DEQUANTIZE = 21
@@ -43,13 +43,16 @@ class FlowConfig:
     #: keys that size checkpointed state: a resume may not change them (config.fixed_on_resume)
     fixed_on_resume = ("coupling_layers", "hidden")
 
-    coupling_layers: int = field(8, min=1, max=128, help="affine coupling layers (masks "
-                                                         "alternate)")
-    hidden: list[int] = field(factory=lambda: [512, 512], min=1, help="widths of each coupling "
-                                                              "network's hidden layers")
-    alpha: float = field(0.05, min=0.0, max=0.49, help="a of the logit pre-processing "
-                                                       "logit(a + (1 - 2a) x) (RealNVP: 0.05)")
-    levels: int = field(256, min=2, max=65536, help="pixel levels of the data (8-bit: 256)")
+    coupling_layers: int = setting(8, at_least=1, at_most=128, help="affine coupling layers (masks "
+                                                                    "alternate)")
+    hidden: list[int] = setting(factory=lambda: [512, 512], at_least=1, help="widths of each "
+                                                                             "coupling "
+                                                                     "network's hidden layers")
+    alpha: float = setting(0.05, at_least=0.0, at_most=0.49, help="a of the logit pre-processing "
+                                                                  "logit(a + (1 - 2a) x) (RealNVP: "
+                                                                  "0.05)")
+    levels: int = setting(256, at_least=2, at_most=65536, help="pixel levels of the data (8-bit: "
+                                                               "256)")
 
     def check(self, cfg):
         if cfg.data.binarize != "none":

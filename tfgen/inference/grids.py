@@ -12,7 +12,7 @@ import tensorflow as tf
 from tfgen import figures
 from tfgen.inference.capabilities import ImageSampler, has
 from tfgen.inference.samplers import Sampler, check_sampler, sample_latents
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 def reconstruction_grid(scheme, images, ncols, pixel_range) -> np.ndarray:
@@ -25,11 +25,12 @@ def reconstruction_grid(scheme, images, ncols, pixel_range) -> np.ndarray:
 class SamplesConfig:
     """A grid of samples (the ``samples`` task's settings)."""
 
-    num_images: int = field(64, min=1, max=1024)
-    ncols: int = field(8, min=1, max=64)
-    sampler: Sampler = field("prior", help="where the latents come from: the prior, or a "
-                                           "Gaussian fitted to a particle cloud (PGA)")
-    show: Literal["mean", "sample"] = field("mean", help="decoder mean E[y|z], or a draw y ~ p(y|z)")
+    num_images: int = setting(64, at_least=1, at_most=1024)
+    ncols: int = setting(8, at_least=1, at_most=64)
+    sampler: Sampler = setting("prior", help="where the latents come from: the prior, or a "
+                                             "Gaussian fitted to a particle cloud (PGA)")
+    show: Literal["mean", "sample"] = setting("mean", help="decoder mean E[y|z], or a draw y ~ "
+                                                           "p(y|z)")
 
     def check(self, cfg):
         check_samples(cfg, self.sampler, "evaluate.sampler")

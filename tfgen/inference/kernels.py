@@ -5,7 +5,7 @@ Pure functions of tensors, shared by every scheme and test-time task that moves 
 Random kernels take an explicit stateless seed (a shape-[2] integer tensor), as TFP's MCMC
 kernels do, so the same seed gives the same move whatever else ran before.
 
-Unadjusted Langevin algorithm (seed 000, eq. (3); Roberts & Tweedie 1996): for a density
+Unadjusted Langevin algorithm (Kuntz et al. 2023, eq. (3); Roberts & Tweedie 1996): for a density
 pi(x) and step size h,
 
     x' = x + h grad log pi(x) + sqrt(2 h) w,   w ~ N(0, I).
@@ -49,8 +49,8 @@ def standard_normal(shape, seed: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
 def langevin_step(x: tf.Tensor, grad_log_density: tf.Tensor, step_size: float,
                   seed: tf.Tensor | None = None, noise: tf.Tensor | None = None,
                   noise_scale: float = 1.0) -> tf.Tensor:
-    """One unadjusted Langevin move: x + h grad log pi(x) + c sqrt(2h) w (seed 000, eq. (3)),
-    w ~ N(0, I) from ``seed``, or ``noise`` itself (noise indexed by image or row chunk:
+    """One unadjusted Langevin move: x + h grad log pi(x) + c sqrt(2h) w (Kuntz et al. 2023, eq.
+    (3)), w ~ N(0, I) from ``seed``, or ``noise`` itself (noise indexed by image or row chunk:
     :mod:`tfgen.distribute`).  c = ``noise_scale`` is 1 for the Langevin kernel whose
     stationary law is pi (up to ULA's O(h) bias); other values are tempered moves (0: gradient
     ascent on log pi), as the short-run chains of :mod:`tfgen.inference.langevin_chains` allow."""

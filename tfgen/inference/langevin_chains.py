@@ -1,11 +1,11 @@
-"""What seed 000's two MCMC baselines share: K Langevin steps on the batch's latents, then one
-theta step at the chains' ends.
+"""What Kuntz et al.'s (2023) two MCMC baselines share: K Langevin steps on the batch's latents,
+then one theta step at the chains' ends.
 
 Alternating back-propagation (``abp``; Han, Lu, Zhu & Wu 2017, "Alternating Back-Propagation
 for Generator Network", AAAI) and short-run MCMC (``short_run``; Nijkamp, Pang, Han, Zhou, Zhu
 & Wu 2020, "Learning Multi-layer Latent Variable Model via Variational Optimization of Short
-Run MCMC for Approximate Inference", ECCV) are the baselines PGA is compared with in seed 000's
-paper (Kuntz, Lim & Johansen 2023, section 3.3 and appendix E.4; reference code: ParEM's
+Run MCMC for Approximate Inference", ECCV) are the baselines PGA is compared with in Kuntz et al.'s
+(2023) paper (Kuntz, Lim & Johansen 2023, section 3.3 and appendix E.4; reference code: ParEM's
 ``torch/parem/algorithms.py``, classes ``AlternatingBackprop`` and ``ShortRun``).  For a batch B
 of images y^m, each with one latent chain z^m, a step is
 
@@ -16,8 +16,8 @@ of images y^m, each with one latent chain z^m, a step is
 with w ~ N(0, I), log p_theta(z, y) = log p(z) + log p_theta(y | z) the joint log density,
 K = ``langevin_steps``, h = ``step_size``, c = ``noise_scale`` (1: Langevin).
 
-The Langevin step.  This is the unadjusted Langevin kernel of seed 000's eq. (3), the shared
-:func:`tfgen.inference.kernels.langevin_step`, in ParEM's parameterization (x + h grad +
+The Langevin step.  This is the unadjusted Langevin kernel of eq. (3) of Kuntz et al. (2023), the
+shared :func:`tfgen.inference.kernels.langevin_step`, in ParEM's parameterization (x + h grad +
 sqrt(2h) w, ``particle_step_size`` h).  Han et al. write the same move as
 z <- z + s^2/2 [ (y - f(z)) / sigma^2 df/dz - z ] + s U with Langevin step s and the
 likelihood's sigma inside the gradient: it is this kernel with h = s^2 / 2 (the noise s U is
@@ -54,7 +54,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from tfgen.schema import field
+from tfgen.schema import setting
 from tfgen.distribute import SALT_LANGEVIN, ReplicaBatch, transform_noise
 from tfgen.inference import kernels
 from tfgen.inference.base import Scheme, make_optimizer, scaled_gradients, with_loss_scaling
@@ -70,17 +70,18 @@ REFERENCE_RMSPROP = {"rho": 0.99, "epsilon": 1e-8 ** 2}
 class ChainConfig:
     """Keys of the Langevin-chain schemes (abp, short_run)."""
 
-    langevin_steps: int = field(25, min=1, max=100000,
-                                help="K: Langevin steps on the batch's latents before each "
-                                     "theta step (reference: 25)")
-    step_size: float = field(1e-4, gt=0.0, max=10.0,
-                             help="h in z + h grad log p(z, y) + sqrt(2h) w (reference: 1e-4; "
-                                  "Han et al.'s step s is sqrt(2h))")
-    noise_scale: float = field(1.0, min=0.0, max=10.0,
-                               help="c multiplying the Langevin noise sqrt(2h) w: 1 = Langevin "
-                                    "(both papers), 0 = gradient ascent on log p(z | y)")
-    summary_images: int = field(4, min=0, max=64, help="training images whose chain ends are "
-                                                       "decoded into TensorBoard")
+    langevin_steps: int = setting(25, at_least=1, at_most=100000,
+                                  help="K: Langevin steps on the batch's latents before each "
+                                       "theta step (reference: 25)")
+    step_size: float = setting(1e-4, above=0.0, at_most=10.0,
+                               help="h in z + h grad log p(z, y) + sqrt(2h) w (reference: 1e-4; "
+                                    "Han et al.'s step s is sqrt(2h))")
+    noise_scale: float = setting(1.0, at_least=0.0, at_most=10.0,
+                                 help="c multiplying the Langevin noise sqrt(2h) w: 1 = Langevin "
+                                      "(both papers), 0 = gradient ascent on log p(z | y)")
+    summary_images: int = setting(4, at_least=0, at_most=64, help="training images whose chain "
+                                                                  "ends are decoded into "
+                                                                  "TensorBoard")
     posterior_fit: FitConfig = posterior_fit_field()
 
     def check(self, cfg):

@@ -1,9 +1,9 @@
 """Per-datapoint latents: a table with one row per training image, and the row optimizers.
 
 Schemes without an encoder keep state for every training image m: PGA a cloud of N
-particles X^{., m} (seed 000), svi the variational parameters psi_m = (mu_m, log sigma^2_m)
-of q(z | psi_m) (seed 001, task 4a), map a point latent z_m.  :class:`LatentTable` holds
-them as one ``[M, *row_shape]`` variable, indexed by image, with gather/scatter and an
+particles X^{., m} (Kuntz et al. 2023), svi the variational parameters psi_m = (mu_m, log sigma^2_m)
+of q(z | psi_m) (the 2AMU20 VAE assignment, task 4a), map a point latent z_m.  :class:`LatentTable`
+holds them as one ``[M, *row_shape]`` variable, indexed by image, with gather/scatter and an
 optimizer of its own whose state (moments, per-row step counts) lives beside the rows, so a
 row is updated only when its image is in the batch and each row's Adam bias correction
 counts that row's own steps.  Everything is a ``tf.Module`` attribute: a checkpoint that
@@ -18,20 +18,21 @@ import tensorflow as tf
 
 from tfgen.distribute import ReplicaLayout, ShardedRows
 from tfgen.inference import kernels
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 @dataclasses.dataclass
 class LatentOptimizerConfig:
     """The optimizer of per-datapoint latents (separate from theta's ``train.optimizer``)."""
 
-    name: Literal["adam", "sgd"] = field("adam", help="adam (Kingma & Ba 2015) or sgd "
-                                                      "(seed 001 task 4: SGD, lr 1e-3)")
-    learning_rate: float = field(1e-2, gt=0.0, max=100.0)
-    beta1: float = field(0.9, min=0.0, max=0.9999, help="Adam's first-moment decay")
-    beta2: float = field(0.999, min=0.0, max=0.999999, help="Adam's second-moment decay")
-    epsilon: float = field(1e-8, gt=0.0, max=1.0, help="Adam's denominator offset")
-    momentum: float = field(0.0, min=0.0, max=0.9999, help="SGD momentum")
+    name: Literal["adam", "sgd"] = setting("adam", help="adam (Kingma & Ba 2015) or sgd (the "
+                                                        "2AMU20 VAE assignment's task 4: SGD, lr "
+                                                        "1e-3)")
+    learning_rate: float = setting(1e-2, above=0.0, at_most=100.0)
+    beta1: float = setting(0.9, at_least=0.0, at_most=0.9999, help="Adam's first-moment decay")
+    beta2: float = setting(0.999, at_least=0.0, at_most=0.999999, help="Adam's second-moment decay")
+    epsilon: float = setting(1e-8, above=0.0, at_most=1.0, help="Adam's denominator offset")
+    momentum: float = setting(0.0, at_least=0.0, at_most=0.9999, help="SGD momentum")
 
 
 class RowOptimizer:

@@ -7,7 +7,7 @@ theta and the batch's z_m minimise together
     f_m(theta, z_m) = -(lambda log p(z_m) + log p_theta(y_m | z_m)),   lambda = prior_weight,
 
 lambda = 1: the joint maximum a posteriori of latents and theta; lambda = 0: the latents
-that maximise the likelihood, seed 000's eq. (4) (there for a corrupted image with theta
+that maximise the likelihood, eq. (4) of Kuntz et al. (2023) (there for a corrupted image with theta
 fixed; here for every training image while theta learns, as GLO does with a squared error,
 Bojanowski et al. 2018).  Each step, for a batch B of b images
 (:mod:`tfgen.inference.per_datapoint`): theta down grad_theta 1/b sum_{m in B} f_m
@@ -38,14 +38,15 @@ import tensorflow as tf
 from tfgen.data import Split
 from tfgen.inference.per_datapoint import PerDatapointConfig, PerDatapointScheme
 from tfgen.registry import SCHEMES
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 @dataclasses.dataclass
 class MAPConfig(PerDatapointConfig):
-    prior_weight: float = field(1.0, min=0.0, max=1e6,
-                                help="lambda in lambda log p(z) + log p(y | z): 1 = MAP, "
-                                     "0 = maximum likelihood of the latents (seed 000 eq. (4))")
+    prior_weight: float = setting(1.0, at_least=0.0, at_most=1e6,
+                                  help="lambda in lambda log p(z) + log p(y | z): 1 = MAP, 0 = "
+                                       "maximum likelihood of the latents (Kuntz et al. 2023, eq. "
+                                       "(4))")
 
 
 @SCHEMES.register("map", config=MAPConfig)

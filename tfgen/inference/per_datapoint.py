@@ -22,8 +22,8 @@ Gradient scale.  theta's loss is the batch mean, the usual minibatch estimate of
 the batch grows.  Each row instead follows the gradient of its own objective, b grad_{r_m} L,
 as the local step of stochastic variational inference does (Hoffman, Blei, Wang & Paisley
 2013, Algorithm 1: local parameters are fitted to their own data point, the global ones
-follow the rescaled minibatch gradient) and as seed 001 task 4a fits psi to one image with
-SGD at lr 1e-3.  So ``latent_optimizer.learning_rate`` means the same at any batch size
+follow the rescaled minibatch gradient) and as task 4a of the 2AMU20 VAE assignment fits psi to
+one image with SGD at lr 1e-3.  So ``latent_optimizer.learning_rate`` means the same at any batch size
 and the same as in test-time fitting (:mod:`tfgen.inference.fitting`, which sums the
 per-image objectives).  (Adam is nearly invariant to a constant gradient scale anyway; for
 SGD the factor matters.)  With batch norm in the decoder, training mode couples the images
@@ -65,7 +65,7 @@ from tfgen.inference.base import Scheme, make_optimizer, scaled_gradients, with_
 from tfgen.inference.capabilities import PerDatapointLatents
 from tfgen.inference.fitting import FitConfig, FittedPosterior, LatentFitter, check_posterior_fit
 from tfgen.inference.latents import LatentOptimizerConfig, LatentTable
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 def default_posterior_fit() -> FitConfig:
@@ -87,25 +87,25 @@ def default_posterior_fit() -> FitConfig:
 class PerDatapointConfig:
     """Keys shared by the schemes with a table of per-datapoint latents."""
 
-    latent_optimizer: LatentOptimizerConfig = field(
+    latent_optimizer: LatentOptimizerConfig = setting(
         factory=lambda: LatentOptimizerConfig(learning_rate=0.5),
         help="the per-datapoint latents' optimizer (theta's is train.optimizer); a row steps "
              "once per epoch, down the gradient of its own image's objective")
-    init_scale: float = field(1.0, min=0.0, max=100.0,
-                              help="initial latents (svi: means) ~ N(0, init_scale^2 I)")
-    validation_images: int = field(200, min=0, max=1_000_000,
-                                   help="validation images fitted each epoch (0 = the whole "
-                                        "split)")
-    validation_fit_steps: int = field(40, min=1, max=1_000_000,
-                                      help="steps of the validation images' fit (posterior_fit's "
-                                           "other settings; its steps are for the evaluation "
-                                           "tasks)")
-    summary_images: int = field(8, min=0, max=64, help="training images whose latents are "
-                                                       "decoded into TensorBoard")
-    posterior_fit: FitConfig = field(factory=default_posterior_fit,
-                                     help="how q(z | y) is fitted to new images (elbo, "
-                                          "log_likelihood, reconstructions; validation with "
-                                          "validation_fit_steps): method 'svi'")
+    init_scale: float = setting(1.0, at_least=0.0, at_most=100.0,
+                                help="initial latents (svi: means) ~ N(0, init_scale^2 I)")
+    validation_images: int = setting(200, at_least=0, at_most=1_000_000,
+                                     help="validation images fitted each epoch (0 = the whole "
+                                          "split)")
+    validation_fit_steps: int = setting(40, at_least=1, at_most=1_000_000,
+                                        help="steps of the validation images' fit (posterior_fit's "
+                                             "other settings; its steps are for the evaluation "
+                                             "tasks)")
+    summary_images: int = setting(8, at_least=0, at_most=64, help="training images whose latents "
+                                                                  "are decoded into TensorBoard")
+    posterior_fit: FitConfig = setting(factory=default_posterior_fit,
+                                       help="how q(z | y) is fitted to new images (elbo, "
+                                            "log_likelihood, reconstructions; validation with "
+                                            "validation_fit_steps): method 'svi'")
 
     def check(self, cfg):
         check_posterior_fit(self.posterior_fit, cfg, "inference.posterior_fit")

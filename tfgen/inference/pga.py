@@ -1,7 +1,7 @@
 """Particle gradient ascent (PGA): maximum marginal likelihood with a cloud of Langevin particles.
 
-Seed 000 (Kuntz, Lim & Johansen, "Particle algorithms for maximum likelihood training of
-latent variable models", neural latent variable model example).  The model is
+Kuntz, Lim & Johansen (2023), "Particle algorithms for maximum likelihood training of latent
+variable models", AISTATS: its neural latent variable model example (the ParEM code).  The model is
 p_theta(x, y) = prod_m p(x^m) p_theta(y^m | x^m); PGA keeps N particles per training image,
 a cloud X = (X^{n,m}) of shape [M, N, d] held in the shared per-datapoint table
 (:class:`tfgen.inference.latents.LatentTable`) and initialised from the prior, and at every step k
@@ -17,7 +17,7 @@ rho = 0.1 on the mean negative log joint -1/(N M_B) sum_n sum_{m in B} log p_the
 ``train.optimizer`` and ``train.learning_rate`` are not used by this scheme.
 
 K, the number of steps, is ``train.epochs`` x steps per epoch, where an epoch is
-ceil(M / M_B) steps (or ``train.steps_per_epoch`` if that is smaller): seed 000's
+ceil(M / M_B) steps (or ``train.steps_per_epoch`` if that is smaller): Kuntz et al.'s (2023)
 K = 2765 for MNIST is 35 epochs of 79 batches (M = 10,000, M_B = 128).
 
 One step is one compiled function (``runtime.compile_step``): the theta gradient, the
@@ -44,7 +44,7 @@ of O(M N) -- an epoch of "batch" particle updates costs about one "all" particle
 theta gradient costs the same in both modes -- but every particle then takes one
 Langevin step per epoch instead of ceil(M / M_B): the cloud lags theta (as in persistent
 contrastive divergence with few updates) and theta's gradient is taken at staler, less
-well mixed particles.  Use it for large M or quick experiments; "all" is seed 000's
+well mixed particles.  Use it for large M or quick experiments; "all" is Kuntz et al.'s (2023)
 algorithm.
 """
 from __future__ import annotations
@@ -67,7 +67,7 @@ from tfgen.inference.fitting import (FitConfig, FittedPosterior, check_posterior
 from tfgen.inference.grids import SamplesConfig, sample_grid
 from tfgen.inference.latents import LatentTable
 from tfgen.registry import SCHEMES
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 @dataclasses.dataclass
@@ -75,23 +75,27 @@ class PGAConfig:
     #: keys that size checkpointed state: a resume may not change them (config.fixed_on_resume)
     fixed_on_resume = ("particles",)
 
-    particles: int = field(10, min=1, max=100000, help="N: particles per training image")
-    step_size: float = field(1e-4, gt=0.0, max=1.0, help="h: Langevin step size of eq. (3); "
-                                                         "also scales theta's step (2)")
-    theta_scale: float = field(1e-3, gt=0.0, max=1e6, help="lambda: theta's RMSprop learning "
-                                                          "rate is h * M * lambda")
-    particle_update: Literal["all", "batch"] = field(
-        "all", help="all: every particle moves every step (seed 000); batch: only the batch's "
-                    "particles (a particle update about ceil(M/M_B) times cheaper; slower mixing)")
-    chunk_size: int = field(64, min=1, max=1000000,
-                            help="images whose particles are decoded together in the particle "
-                                 "update (chunk_size * N decoder evaluations in memory at once)")
-    rmsprop_rho: float = field(0.1, min=0.0, max=0.999, help="RMSprop smoothing constant "
-                                                             "(seed 000 reference: 0.1)")
-    rmsprop_epsilon: float = field(1e-8, gt=0.0, max=1.0,
-                                   help="added to sqrt(v) in theta's RMSprop denominator")
-    summary_images: int = field(4, min=0, max=64, help="training images whose particles are "
-                                                       "decoded into TensorBoard")
+    particles: int = setting(10, at_least=1, at_most=100000, help="N: particles per training image")
+    step_size: float = setting(1e-4, above=0.0, at_most=1.0, help="h: Langevin step size of eq. "
+                                                                  "(3); also scales theta's step "
+                                                                  "(2)")
+    theta_scale: float = setting(1e-3, above=0.0, at_most=1e6, help="lambda: theta's RMSprop "
+                                                                    "learning rate is h * M * "
+                                                                    "lambda")
+    particle_update: Literal["all", "batch"] = setting(
+        "all", help="all: every particle moves every step (Kuntz et al. 2023); batch: only the "
+                    "batch's particles (a particle update about ceil(M/M_B) times cheaper; slower "
+                    "mixing)")
+    chunk_size: int = setting(64, at_least=1, at_most=1000000,
+                              help="images whose particles are decoded together in the particle "
+                                   "update (chunk_size * N decoder evaluations in memory at once)")
+    rmsprop_rho: float = setting(0.1, at_least=0.0, at_most=0.999, help="RMSprop smoothing "
+                                                                        "constant (Kuntz et al. "
+                                                                        "2023: 0.1)")
+    rmsprop_epsilon: float = setting(1e-8, above=0.0, at_most=1.0,
+                                     help="added to sqrt(v) in theta's RMSprop denominator")
+    summary_images: int = setting(4, at_least=0, at_most=64, help="training images whose particles "
+                                                                  "are decoded into TensorBoard")
     posterior_fit: FitConfig = posterior_fit_field()
 
     def check(self, cfg):
@@ -100,7 +104,7 @@ class PGAConfig:
 
 @SCHEMES.register("pga", config=PGAConfig)
 class PGA(Scheme, PerDatapointLatents, FittedPosterior):
-    """Particle gradient ascent: Langevin particle cloud + RMSprop on theta (seed 000, eqs. (2), (3))."""
+    """Particle gradient ascent: Langevin particle cloud + RMSprop on theta (Kuntz et al. 2023, eqs. (2), (3))."""
 
     validation_metrics = ()  # no q(z | y): early stopping watches the training loss
     monitor = "loss"

@@ -2,7 +2,7 @@
 
 ``prior``: z ~ p(z).
 
-``particle_gaussian`` (seed 000, "Image synthesis"): z ~ N(mu, Sigma) fitted to a scheme's
+``particle_gaussian`` (Kuntz et al. 2023, "Image synthesis"): z ~ N(mu, Sigma) fitted to a scheme's
 final particle cloud (X^{n,m})_{n <= N, m <= M},
 
     mu = 1/(NM) sum_{n,m} X^{n,m},   Sigma = 1/(NM - 1) sum_{n,m} (X^{n,m} - mu)(X^{n,m} - mu)^T,
@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from tfgen.inference.capabilities import LatentCloud, LatentSampler, TrainingLatents, require
 from tfgen.models.gmm import GMMParams, fit_gmm, sample_gmm
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 Sampler = Literal["prior", "particle_gaussian", "gmm"]
@@ -77,14 +77,16 @@ def sample_particle_gaussian(cloud, num: int, seed: int) -> tf.Tensor:
 class GMMConfig:
     """The ``gmm`` sampler's settings (a task's ``[evaluate.gmm]`` table)."""
 
-    components: int = field(10, min=1, max=1000, help="mixture components K")
-    restarts: int = field(3, min=1, max=100, help="EM runs from k-means++ starts; the best is kept")
-    max_iter: int = field(200, min=1, max=100000, help="EM iterations per run at most")
-    tol: float = field(1e-6, min=0.0, help="stop when the mean log-likelihood per point gains less")
-    reg_covar: float = field(1e-6, min=0.0, help="added to each covariance's diagonal")
-    max_points: int = field(20000, min=0, help="fit on this many latents drawn at random "
-                                               "(0 = all)")
-    seed: int = field(0, min=0, help="seeds the starts and the subsample")
+    components: int = setting(10, at_least=1, at_most=1000, help="mixture components K")
+    restarts: int = setting(3, at_least=1, at_most=100, help="EM runs from k-means++ starts; the "
+                                                             "best is kept")
+    max_iter: int = setting(200, at_least=1, at_most=100000, help="EM iterations per run at most")
+    tol: float = setting(1e-6, at_least=0.0, help="stop when the mean log-likelihood per point "
+                                                  "gains less")
+    reg_covar: float = setting(1e-6, at_least=0.0, help="added to each covariance's diagonal")
+    max_points: int = setting(20000, at_least=0, help="fit on this many latents drawn at random "
+                                                      "(0 = all)")
+    seed: int = setting(0, at_least=0, help="seeds the starts and the subsample")
 
 
 def training_latents(scheme, batch_size: int = 500) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Short-run MCMC (scheme ``short_run``): fresh K-step Langevin chains from noise for every batch.
 
 Nijkamp, Pang, Han, Zhou, Zhu & Wu 2020 ("Learning Multi-layer Latent Variable Model via
-Variational Optimization of Short Run MCMC for Approximate Inference", ECCV), as seed 000's
-paper runs it (ParEM ``ShortRun``).  Each step, every image of the batch gets a fresh chain:
+Variational Optimization of Short Run MCMC for Approximate Inference", ECCV), as Kuntz et al.'s
+(2023) paper runs it (ParEM ``ShortRun``).  Each step, every image of the batch gets a fresh chain:
 z_0 ~ N(0, I), K Langevin steps under log p_theta(z, y), then one theta step at the chains'
 ends (:mod:`tfgen.inference.langevin_chains`: the step, its parameterization, the defaults).
 Nothing persists per datapoint: the distribution of z_K given y, a fixed number of noisy
@@ -31,7 +31,7 @@ import hashlib
 import numpy as np
 import tensorflow as tf
 
-from tfgen.schema import field
+from tfgen.schema import setting
 from tfgen.inference import kernels
 from tfgen.inference.capabilities import LatentCloud
 from tfgen.inference.langevin_chains import ChainConfig, LangevinChainScheme
@@ -44,12 +44,12 @@ CLOUD_SEED = 20
 
 @dataclasses.dataclass
 class ShortRunConfig(ChainConfig):
-    cloud_images: int = field(0, min=0, max=10_000_000,
-                              help="training images whose short run gives the latent cloud of "
-                                   "the particle_gaussian / gmm samplers (0 = all, as the "
-                                   "reference)")
-    cloud_batch_size: int = field(256, min=1, max=100_000,
-                                  help="images whose chains run together for the latent cloud")
+    cloud_images: int = setting(0, at_least=0, at_most=10_000_000,
+                                help="training images whose short run gives the latent cloud of "
+                                     "the particle_gaussian / gmm samplers (0 = all, as the "
+                                     "reference)")
+    cloud_batch_size: int = setting(256, at_least=1, at_most=100_000,
+                                    help="images whose chains run together for the latent cloud")
 
 
 @SCHEMES.register("short_run", config=ShortRunConfig)

@@ -1,8 +1,8 @@
 """Per-datapoint variational inference (svi): a diagonal Gaussian q(z | psi_m) for every
 training image, trained with the decoder, without an encoder.
 
-Seed 001 task 4a fits q(z | psi) = N(mu, diag(sigma^2)), psi = (mu, log sigma^2), to one
-image by maximising its ELBO with the decoder fixed.  This scheme keeps such a psi_m for
+Task 4a of the 2AMU20 VAE assignment fits q(z | psi) = N(mu, diag(sigma^2)), psi = (mu, log
+sigma^2), to one image by maximising its ELBO with the decoder fixed.  This scheme keeps such a psi_m for
 every training image m (rows [M, 2d] of the shared per-datapoint table) and trains theta at
 the same time, on the sum of the per-image ELBOs, a lower bound on log p_theta(y_1, ..., y_M):
 
@@ -24,7 +24,7 @@ Each step, for a batch B of b images (:mod:`tfgen.inference.per_datapoint`):
 
 so each psi_m follows its own ELBO's gradient, not the batch mean's 1/b share of it, and
 its learning rate does not depend on the batch size (the local step of Hoffman et al. 2013,
-Algorithm 1; seed 001 task 4a's SGD on one image's psi).
+Algorithm 1; the 2AMU20 VAE assignment's task 4a: SGD on one image's psi).
 
 Initial psi_m: mu_m ~ N(0, init_scale^2 I) (default: the prior), log sigma^2_m =
 ``init_log_variance`` (default -4, sigma = 0.14: the decoder sees distinct codes per image
@@ -47,14 +47,15 @@ from tfgen.data import Split
 from tfgen.inference.elbo import elbo_terms, gaussian_posterior
 from tfgen.inference.per_datapoint import PerDatapointConfig, PerDatapointScheme
 from tfgen.registry import SCHEMES
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 @dataclasses.dataclass
 class SVIConfig(PerDatapointConfig):
-    mc_samples: int = field(1, min=1, max=1000, help="reparameterized samples per image and step")
-    init_log_variance: float = field(-4.0, min=-20.0, max=5.0,
-                                     help="initial log sigma^2 of every q(z | psi_m)")
+    mc_samples: int = setting(1, at_least=1, at_most=1000, help="reparameterized samples per image "
+                                                                "and step")
+    init_log_variance: float = setting(-4.0, at_least=-20.0, at_most=5.0,
+                                       help="initial log sigma^2 of every q(z | psi_m)")
 
 
 @SCHEMES.register("svi", config=SVIConfig)

@@ -22,23 +22,24 @@ from tfgen.inference.estimators import mean_elbo
 from tfgen.models.model import with_file
 from tfgen.models.networks import build_network
 from tfgen.registry import SCHEMES
-from tfgen.schema import Component, field
+from tfgen.schema import Component, setting
 
 
 @dataclasses.dataclass
 class VAEConfig:
-    encoder: Component = field(factory=lambda: Component("conv_encoder"), registry="networks",
-                               help="network emitting (mu, log sigma^2) of q(z | y)")
-    mc_samples: int = field(1, min=1, max=1000, help="reparameterized samples per image")
-    beta: float = field(1.0, min=0.0, help="weight of the KL term (1 = the ELBO)")
+    encoder: Component = setting(factory=lambda: Component("conv_encoder"), registry="networks",
+                                 help="network emitting (mu, log sigma^2) of q(z | y)")
+    mc_samples: int = setting(1, at_least=1, at_most=1000, help="reparameterized samples per image")
+    beta: float = setting(1.0, at_least=0.0, help="weight of the KL term (1 = the ELBO)")
 
 
 @SCHEMES.register("vae", config=VAEConfig)
 class VAE(Scheme, AmortizedPosterior, PosteriorEstimates):
-    """Amortized variational inference with a Gaussian encoder (seed 001, task 1)."""
+    """Amortized variational inference with a Gaussian encoder (the 2AMU20 VAE assignment, task 1)."""
 
     validation_metrics = ("elbo", "reconstruction", "kl", "loss")
-    monitor = "loss"  # -ELBO (seed 001 task 1c: early stopping on the negative ELBO)
+    # -ELBO: the 2AMU20 VAE assignment's task 1c stops early on the negative ELBO
+    monitor = "loss"
 
     def __init__(self, params: VAEConfig, model, data, cfg, generator, strategy):
         super().__init__(params, model, data, cfg, generator, strategy)

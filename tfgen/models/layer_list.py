@@ -54,7 +54,7 @@ import tf_keras as keras
 from tfgen.errors import ConfigError
 from tfgen.models.networks import Network
 from tfgen.registry import NETWORKS
-from tfgen.schema import field
+from tfgen.schema import setting
 
 #: the keys of the two blocks (besides ``type``)
 BLOCKS = {"residual": ("layers",), "repeat": ("times", "layers")}
@@ -411,11 +411,11 @@ class LayerList(Network):
 
 @dataclasses.dataclass
 class LayersConfig:
-    layers: Any = field(factory=list, help="the layers in order: tables with type = a "
-                        "tf_keras.layers class name and its keyword arguments, or a block: "
-                        "{type = 'residual', layers = [...]}, {type = 'repeat', times = n, "
-                        "layers = [...]}")
-    head: Literal["auto", "none"] = field(
+    layers: Any = setting(factory=list, help="the layers in order: tables with type = a "
+                          "tf_keras.layers class name and its keyword arguments, or a block: "
+                          "{type = 'residual', layers = [...]}, {type = 'repeat', times = n, "
+                          "layers = [...]}")
+    head: Literal["auto", "none"] = setting(
         "auto", help="auto: tfgen appends the layer that emits the shape the likelihood (or "
                      "the scheme) needs (a Dense after a flat output, a 1x1 Conv2D after an "
                      "H x W map); none: the last layer must emit it itself")

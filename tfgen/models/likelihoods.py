@@ -3,8 +3,8 @@
 A decoder emits a tensor of shape ``[..., H, W, C * k]`` where ``k`` is
 :meth:`Likelihood.params_per_channel`; the likelihood reshapes it into the
 parameters of ``tfd.Independent(<per-pixel distribution>, 3)``, an event of
-shape ``[H, W, C]`` (the pixels are conditionally independent given z, seed
-001 task 2).  Losses and estimators only ever call ``log_prob`` on what
+shape ``[H, W, C]`` (the pixels are conditionally independent given z,
+the 2AMU20 VAE assignment, task 2).  Losses and estimators only ever call ``log_prob`` on what
 :meth:`Likelihood.distribution` returns, so a new likelihood is one class.
 
 Images reach a likelihood in the data's pixel range ([0,1] or [-1,1]);
@@ -22,7 +22,7 @@ import tensorflow_probability as tfp
 from tfgen.errors import ConfigError
 from tfgen.models.pixelcnn import PixelCNNConfig, build_pixelcnn, int_seed, levels_of
 from tfgen.registry import LIKELIHOODS
-from tfgen.schema import field
+from tfgen.schema import setting
 
 tfd = tfp.distributions
 
@@ -32,7 +32,8 @@ class Likelihood(tf.Module):
 
     params_per_channel = 1
     #: whether sd(y_i | z) can change with z; False (a fixed or learned sigma) makes the second
-    #: term of the expected metric (seed 004, Theorem 1) zero, and it is skipped
+    #: term of the expected metric (Arvanitidis, Hansen & Hauberg 2018, Theorem 1) zero, and it is
+    #: skipped
     stddev_varies = True
 
     def __init__(self, config, image_shape: tuple[int, int, int], pixel_range: tuple[float, float]):
@@ -64,7 +65,8 @@ class Likelihood(tf.Module):
                           observed: tf.Tensor) -> tf.Tensor:
         """log p(y_O | z) = sum over observed pixels i in O of log p(y_i | z): the pixels are
         conditionally independent given z, so marginalising the hidden ones drops their terms
-        (seed 001 task 4b).  ``observed`` [B, H, W] (1 = observed) applies to all channels."""
+        (the 2AMU20 VAE assignment, task 4b).  ``observed`` [B, H, W] (1 = observed) applies to all
+        channels."""
         per_pixel = self._pixel_distribution(decoder_output).log_prob(self.targets(images))
         weights = tf.cast(observed, per_pixel.dtype)[..., None]
         return tf.reduce_sum(per_pixel * weights, axis=[-3, -2, -1])
@@ -82,7 +84,7 @@ class Likelihood(tf.Module):
     def mean_stddev(self, decoder_output: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Per-pixel E[y_i | z] and sd(y_i | z), [..., H, W, C] each, in the data's pixel range
         and differentiable in the decoder output: the mu and sigma of the expected metric
-        M = J_mu^T J_mu + J_sigma^T J_sigma (seed 004, Theorem 1)."""
+        M = J_mu^T J_mu + J_sigma^T J_sigma (Arvanitidis, Hansen & Hauberg 2018, Theorem 1)."""
         raise NotImplementedError
 
     def _pixel_distribution(self, decoder_output):  # pragma: no cover - abstract
@@ -96,19 +98,19 @@ class Likelihood(tf.Module):
 
 @dataclasses.dataclass
 class NormalConfig:
-    scale: Literal["fixed", "learned", "per_pixel"] = field(
+    scale: Literal["fixed", "learned", "per_pixel"] = setting(
         "fixed", help="fixed: sigma as given; learned: one trainable sigma; "
                       "per_pixel: the decoder outputs a sigma for every pixel")
-    sigma: float = field(0.3, gt=0.0, help="fixed sigma, or the initial value of a learned one "
-                                           "(seed 000 uses sigma^2 = 0.3^2)")
-    min_sigma: float = field(1e-3, min=0.0, help="floor of a per-pixel or learned sigma")
-    mean_activation: Literal["identity", "sigmoid", "tanh"] = field(
+    sigma: float = setting(0.3, above=0.0, help="fixed sigma, or the initial value of a learned "
+                                                "one (Kuntz et al. 2023 use sigma^2 = 0.3^2)")
+    min_sigma: float = setting(1e-3, at_least=0.0, help="floor of a per-pixel or learned sigma")
+    mean_activation: Literal["identity", "sigmoid", "tanh"] = setting(
         "identity", help="squashes the mean into the pixel range")
 
 
 @LIKELIHOODS.register("normal", config=NormalConfig)
 class NormalLikelihood(Likelihood):
-    """y_i | z ~ N(m_i(z), s_i^2), independent pixels (seed 001 task 1a, seed 000 eq. (1))."""
+    """y_i | z ~ N(m_i(z), s_i^2), independent pixels (the 2AMU20 VAE assignment, task 1a; Kuntz et al. 2023, eq. (1))."""
 
     def __init__(self, config: NormalConfig, image_shape, pixel_range):
         super().__init__(config, image_shape, pixel_range)
@@ -148,10 +150,10 @@ class NormalLikelihood(Likelihood):
 
 @dataclasses.dataclass
 class BetaConfig:
-    epsilon: float = field(1e-3, gt=0.0, max=0.1,
-                           help="pixels are clipped to [eps, 1-eps]: the Beta density is "
-                                "infinite or zero at 0 and 1")
-    min_concentration: float = field(1e-3, min=0.0)
+    epsilon: float = setting(1e-3, above=0.0, at_most=0.1,
+                             help="pixels are clipped to [eps, 1-eps]: the Beta density is "
+                                  "infinite or zero at 0 and 1")
+    min_concentration: float = setting(1e-3, at_least=0.0)
 
     def check(self, cfg):
         if cfg.data.binarize != "none":
@@ -162,7 +164,7 @@ class BetaConfig:
 
 @LIKELIHOODS.register("beta", config=BetaConfig)
 class BetaLikelihood(Likelihood):
-    """y_i | z ~ Beta(a_i(z), b_i(z)) on pixels rescaled to (0, 1) (seed 001 task 2b)."""
+    """y_i | z ~ Beta(a_i(z), b_i(z)) on pixels rescaled to (0, 1) (the 2AMU20 VAE assignment, task 2b)."""
 
     params_per_channel = 2
 
@@ -193,7 +195,7 @@ class BetaLikelihood(Likelihood):
 
 @dataclasses.dataclass
 class CategoricalConfig:
-    bins: int = field(4, min=2, max=256, help="k: pixel values are binned into k levels")
+    bins: int = setting(4, at_least=2, at_most=256, help="k: pixel values are binned into k levels")
 
     def check(self, cfg):
         if cfg.data.bins == 0:
@@ -210,7 +212,7 @@ class CategoricalConfig:
 
 @LIKELIHOODS.register("categorical", config=CategoricalConfig)
 class CategoricalLikelihood(Likelihood):
-    """y_i | z ~ Cat(pi_i(z)) over k pixel bins, pi = softmax(logits) (seed 001 task 2c)."""
+    """y_i | z ~ Cat(pi_i(z)) over k pixel bins, pi = softmax(logits) (the 2AMU20 VAE assignment, task 2c)."""
 
     def __init__(self, config: CategoricalConfig, image_shape, pixel_range):
         super().__init__(config, image_shape, pixel_range)
@@ -265,7 +267,7 @@ class BernoulliConfig:
 
 @LIKELIHOODS.register("bernoulli", config=BernoulliConfig)
 class BernoulliLikelihood(Likelihood):
-    """y_i | z ~ Bernoulli(sigmoid(logit_i(z))) on binary images (seed 001 task 2d)."""
+    """y_i | z ~ Bernoulli(sigmoid(logit_i(z))) on binary images (the 2AMU20 VAE assignment, task 2d)."""
 
     def targets(self, images):
         return tf.cast(self._unit(images) > 0.5, tf.int32)
@@ -291,9 +293,10 @@ class BernoulliLikelihood(Likelihood):
 
 @dataclasses.dataclass
 class DiscretizedLogisticMixtureConfig:
-    components: int = field(10, min=1, max=100, help="K logistics per pixel (PixelCNN++: 10)")
-    levels: int = field(256, min=2, max=65536, help="pixel levels (8-bit images: 256)")
-    min_log_scale: float = field(-7.0, help="floor of every logistic's log scale (PixelCNN++)")
+    components: int = setting(10, at_least=1, at_most=100, help="K logistics per pixel "
+                                                                "(PixelCNN++: 10)")
+    levels: int = setting(256, at_least=2, at_most=65536, help="pixel levels (8-bit images: 256)")
+    min_log_scale: float = setting(-7.0, help="floor of every logistic's log scale (PixelCNN++)")
 
     def check(self, cfg):
         if cfg.data.binarize != "none":
@@ -363,8 +366,9 @@ NEEDS_FACTORIZED = ("complete", "inpainting", "reconstruct_without_encoder", "me
 
 @dataclasses.dataclass
 class PixelCNNLikelihoodConfig(PixelCNNConfig):
-    conditional_channels: int = field(1, min=1, max=64, help="maps per image channel the "
-                                                             "decoder emits to condition on")
+    conditional_channels: int = setting(1, at_least=1, at_most=64, help="maps per image channel "
+                                                                        "the decoder emits to "
+                                                                        "condition on")
 
     def check(self, cfg):
         binarized = cfg.data.binarize != "none"

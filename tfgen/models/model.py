@@ -58,7 +58,7 @@ class GenerativeModel(tf.Module):
         return tf.reduce_mean(q.log_prob(z) - self.log_prior(z), axis=0)
 
     def log_joint(self, z: tf.Tensor, images: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """log p_theta(z, y) = log p(z) + log p_theta(y | z)  (seed 000, eq. (1))."""
+        """log p_theta(z, y) = log p(z) + log p_theta(y | z)  (Kuntz et al. 2023, eq. (1))."""
         return self.log_prior(z) + self.log_likelihood(z, images, training)
 
 

@@ -16,7 +16,7 @@ import tf_keras as keras
 
 from tfgen.errors import ConfigError
 from tfgen.registry import NETWORKS
-from tfgen.schema import field
+from tfgen.schema import setting
 
 Activation = Literal["relu", "gelu", "elu", "leaky_relu", "tanh", "sigmoid", "swish", "softplus"]
 
@@ -53,8 +53,8 @@ class Network(keras.layers.Layer):
 
 @dataclasses.dataclass
 class MLPConfig:
-    hidden: list[int] = field(factory=lambda: [512, 256], min=1, help="hidden layer widths")
-    activation: Activation = field("relu")
+    hidden: list[int] = setting(factory=lambda: [512, 256], at_least=1, help="hidden layer widths")
+    activation: Activation = setting("relu")
 
 
 @keras.utils.register_keras_serializable("tfgen")
@@ -95,12 +95,12 @@ def mlp(config: MLPConfig, output_shape, key: str):
 
 @dataclasses.dataclass
 class ConvEncoderConfig:
-    channels: list[int] = field(factory=lambda: [32, 64, 128], min=1,
-                                help="filters per conv layer")
-    kernels: list[int] = field(factory=lambda: [5, 5, 3], min=1, max=31,
-                               help="kernel size per conv layer")
-    activation: Activation = field("relu")
-    pooling: Literal["max", "average"] = field("max", help="2x2 pooling after every conv")
+    channels: list[int] = setting(factory=lambda: [32, 64, 128], at_least=1,
+                                  help="filters per conv layer")
+    kernels: list[int] = setting(factory=lambda: [5, 5, 3], at_least=1, at_most=31,
+                                 help="kernel size per conv layer")
+    activation: Activation = setting("relu")
+    pooling: Literal["max", "average"] = setting("max", help="2x2 pooling after every conv")
 
     def check(self, cfg, key: str):
         if len(self.channels) != len(self.kernels):
@@ -111,7 +111,7 @@ class ConvEncoderConfig:
 
 @keras.utils.register_keras_serializable("tfgen")
 class ConvEncoder(Network):
-    """[conv(k, 'same') -> act -> pool 2]* -> flatten -> dense (seed 001 task 1a: 32/64/128, 5/5/3)."""
+    """[conv(k, 'same') -> act -> pool 2]* -> flatten -> dense (the 2AMU20 VAE assignment, task 1a: 32/64/128, 5/5/3)."""
 
     def __init__(self, output_shape, channels=(32, 64, 128), kernels=(5, 5, 3),
                  activation="relu", pooling="max", **kwargs):
@@ -141,7 +141,7 @@ class ConvEncoder(Network):
 
 @NETWORKS.register("conv_encoder", config=ConvEncoderConfig)
 def conv_encoder(config: ConvEncoderConfig, output_shape, key: str):
-    """Convolutional encoder of seed 001 (conv 32/64/128, ReLU, pooling)."""
+    """Convolutional encoder of the 2AMU20 VAE assignment (conv 32/64/128, ReLU, pooling)."""
     if len(output_shape) != 1:
         raise ConfigError(None, key, "conv_encoder produces a vector; use it as an encoder",
                           "conv_encoder", "conv_decoder, mlp")
@@ -149,24 +149,28 @@ def conv_encoder(config: ConvEncoderConfig, output_shape, key: str):
                        config.pooling)
 
 
-# --------------------------------------------------------------------------- conv decoder (seed 001)
+# --------------------------------------------------------------------------- conv decoder (the
+# 2AMU20 VAE assignment)
 
 @dataclasses.dataclass
 class ConvDecoderConfig:
-    channels: list[int] = field(factory=lambda: [128, 64, 32], min=1,
-                                help="filters of the transposed convs; one more transposed conv "
-                                     "emits the image channels")
-    kernel: int = field(5, min=3, max=15)
-    activation: Activation = field("relu")
-    batch_norm: bool = field(True)
-    head_channels: int = field(1, min=1, max=64, help="maps of the last transposed conv, which the "
-                                                      "dense head reads (seed 001: the image channels)")
+    channels: list[int] = setting(factory=lambda: [128, 64, 32], at_least=1,
+                                  help="filters of the transposed convs; one more transposed conv "
+                                       "emits the image channels")
+    kernel: int = setting(5, at_least=3, at_most=15)
+    activation: Activation = setting("relu")
+    batch_norm: bool = setting(True)
+    head_channels: int = setting(1, at_least=1, at_most=64, help="maps of the last transposed "
+                                                                 "conv, which the dense head reads "
+                                                                 "(the 2AMU20 VAE assignment: the "
+                                                                 "image channels)")
 
 
 @keras.utils.register_keras_serializable("tfgen")
 class ConvDecoder(Network):
-    """Seed 001's decoder: z as a 1x1 map -> [convT(c_i, k, stride 2, padding 1) -> BN -> act]*
-    -> convT(C) -> flatten -> one dense layer emitting every pixel's likelihood parameters.
+    """The 2AMU20 VAE assignment's decoder: z as a 1x1 map -> [convT(c_i, k, stride 2, padding 1) ->
+    BN -> act]* -> convT(C) -> flatten -> one dense layer emitting every pixel's likelihood
+    parameters.
 
     With k = 5 the side grows 1 -> 3 -> 7 -> 15 -> 31 (PyTorch ConvTranspose2d(k, 2, padding=1):
     out = 2 in - 2 + k - 2); the dense head maps the 31 x 31 map to any H x W x C*k, as the
@@ -214,7 +218,7 @@ class ConvDecoder(Network):
 
 @NETWORKS.register("conv_decoder", config=ConvDecoderConfig)
 def conv_decoder(config: ConvDecoderConfig, output_shape, key: str):
-    """Transposed-conv decoder of seed 001 (128/64/32, kernel 5, stride 2, BN, ReLU, dense head)."""
+    """Transposed-conv decoder of the 2AMU20 VAE assignment (128/64/32, kernel 5, stride 2, BN, ReLU, dense head)."""
     _require_image_output("conv_decoder", output_shape, key)
     return ConvDecoder(output_shape, config.channels, config.kernel, config.activation,
                        config.batch_norm, config.head_channels)
@@ -224,14 +228,15 @@ def conv_decoder(config: ConvDecoderConfig, output_shape, key: str):
 
 @dataclasses.dataclass
 class UpconvDecoderConfig:
-    channels: list[int] = field(factory=lambda: [128, 64, 32], min=1,
-                                help="filters; the first is the projected feature map, every "
-                                     "further one doubles the resolution (transposed conv, stride 2)")
-    kernel: int = field(5, min=1, max=15)
-    activation: Activation = field("relu")
-    batch_norm: bool = field(True)
-    head_kernel: int = field(3, min=1, max=15, help="kernel of the final conv that emits the "
-                                                    "likelihood's parameters")
+    channels: list[int] = setting(factory=lambda: [128, 64, 32], at_least=1,
+                                  help="filters; the first is the projected feature map, every "
+                                       "further one doubles the resolution (transposed conv, "
+                                       "stride 2)")
+    kernel: int = setting(5, at_least=1, at_most=15)
+    activation: Activation = setting("relu")
+    batch_norm: bool = setting(True)
+    head_kernel: int = setting(3, at_least=1, at_most=15, help="kernel of the final conv that "
+                                                               "emits the likelihood's parameters")
 
 
 @keras.utils.register_keras_serializable("tfgen")
@@ -300,7 +305,8 @@ def build_network(component, output_shape, key: str):
         raise err from None
 
 
-# --------------------------------------------------------------------------- residual decoder (seed 000)
+# --------------------------------------------------------------------------- residual decoder
+# (Kuntz et al. 2023)
 
 FinalActivation = Literal["tanh", "identity", "sigmoid"]
 
@@ -329,20 +335,24 @@ def same_conv2d(x, kernel):
 
 @dataclasses.dataclass
 class ResidualDecoderConfig:
-    channels: int = field(64, min=1, max=1024, help="feature maps of the projection and residual "
-                                                    "layers (seed 000: ngf * coef = 16 * 4)")
-    projection_channels: int = field(4, min=1, max=1024,
-                                     help="maps of the linear layer's output, reshaped to "
-                                          "(H/2, W/2, projection_channels) (seed 000: coef = 4)")
-    residual_layers: int = field(2, min=0, max=16, help="deterministic layers d = phi b c phi b c + I")
-    kernels: list[int] = field(factory=lambda: [5, 3], help="odd kernels of the two convs of a "
-                                                           "residual layer (the first is also the "
-                                                           "projection's conv)")
-    output_kernel: int = field(4, min=2, max=16, help="kernel of the stride-2 transposed conv head")
-    activation: Activation = field("gelu", help="phi (seed 000: exact GELU)")
-    final_activation: FinalActivation = field(
-        "tanh", help="tanh (seed 000) bounds the output to (-1, 1): right for a Normal mean on "
-                     "[-1,1] pixels; use 'identity' for likelihoods whose parameters are "
+    channels: int = setting(64, at_least=1, at_most=1024, help="feature maps of the projection and "
+                                                               "residual layers (Kuntz et al. "
+                                                               "2023: ngf * coef = 16 * 4)")
+    projection_channels: int = setting(4, at_least=1, at_most=1024,
+                                       help="maps of the linear layer's output, reshaped to (H/2, "
+                                            "W/2, projection_channels) (Kuntz et al. 2023: coef = "
+                                            "4)")
+    residual_layers: int = setting(2, at_least=0, at_most=16, help="deterministic layers d = phi b "
+                                                                   "c phi b c + I")
+    kernels: list[int] = setting(factory=lambda: [5, 3], help="odd kernels of the two convs of a "
+                                                              "residual layer (the first is also "
+                                                              "the projection's conv)")
+    output_kernel: int = setting(4, at_least=2, at_most=16, help="kernel of the stride-2 "
+                                                                 "transposed conv head")
+    activation: Activation = setting("gelu", help="phi (Kuntz et al. 2023: exact GELU)")
+    final_activation: FinalActivation = setting(
+        "tanh", help="tanh (Kuntz et al. 2023) bounds the output to (-1, 1): right for a Normal "
+                     "mean on [-1,1] pixels; use 'identity' for likelihoods whose parameters are "
                      "unconstrained (Bernoulli/Categorical logits, Beta, Normal per_pixel)")
 
     def check(self, cfg, key: str):
@@ -355,7 +365,7 @@ class ResidualDecoderConfig:
 
 @keras.utils.register_keras_serializable("tfgen")
 class ResidualDecoder(Network):
-    """Seed 000's decoder (after Nijkamp et al. 2020, Table 4; ParEM ``parem/model.py``):
+    """Kuntz et al.'s (2023) decoder (after Nijkamp et al. 2020, Table 4; ParEM ``parem/model.py``):
 
         f_theta = a o c^T o d o d o pi,
         pi = phi o b o c o phi o b o l          (projection: linear -> (H/2, W/2, 4) -> conv)
@@ -364,8 +374,8 @@ class ResidualDecoder(Network):
 
     with GELU phi and batch norm b (momentum 0.9, epsilon 1e-5: PyTorch's defaults, as in the
     reference).  For 32x32 images, d = 10 and one output channel it has 300,161 trainable
-    parameters; for d = 64 and 3 channels 357,507 (the counts stated in seed 000).  The head's
-    channel count C*k comes from the likelihood (``output_shape``), so every likelihood fits.
+    parameters; for d = 64 and 3 channels 357,507 (the counts stated in Kuntz et al. 2023).  The
+    head's channel count C*k comes from the likelihood (``output_shape``), so every likelihood fits.
     """
 
     def __init__(self, output_shape, channels=64, projection_channels=4, residual_layers=2,
@@ -436,7 +446,7 @@ class ResidualDecoder(Network):
 
 @NETWORKS.register("residual_decoder", config=ResidualDecoderConfig)
 def residual_decoder(config: ResidualDecoderConfig, output_shape, key: str):
-    """Seed-000 decoder: projection, two residual conv layers, 4x4 transposed conv, tanh (GELU, BN)."""
+    """Kuntz et al.'s (2023) decoder: projection, two residual conv layers, 4x4 transposed conv, tanh (GELU, BN)."""
     _require_image_output("residual_decoder", output_shape, key)
     h, w, _ = output_shape
     if h % 2 or w % 2:

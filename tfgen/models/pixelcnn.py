@@ -1,6 +1,6 @@
 """PixelCNN: an autoregressive distribution over whole images (the lecture's fourth way, no
-latents; seed 003), as a likelihood p(y | z) conditioned on the decoder's output and as a
-whole model (``scheme = "autoregressive"``).
+latents; Mairal & Alameda-Pineda 2019-2020), as a likelihood p(y | z) conditioned on the decoder's
+output and as a whole model (``scheme = "autoregressive"``).
 
 It is TFP's ``tfd.PixelCNN`` (van den Oord et al. 2016; Salimans et al. 2017, PixelCNN++:
 gated resnet blocks, vertical and horizontal stacks, a discretized logistic mixture per
@@ -21,19 +21,23 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfgen.schema import field
+from tfgen.schema import setting
 
 tfd = tfp.distributions
 
 
 @dataclasses.dataclass
 class PixelCNNConfig:
-    levels: int = field(256, min=2, max=65536, help="pixel levels (8-bit: 256; binarized: 2)")
-    num_resnet: int = field(2, min=1, max=20, help="gated resnet blocks per hierarchy")
-    num_hierarchies: int = field(2, min=1, max=5, help="resolutions (down- then up-sampled)")
-    num_filters: int = field(32, min=1, max=1024, help="feature maps of every block")
-    num_logistic_mix: int = field(5, min=1, max=100, help="logistics per pixel's mixture")
-    dropout: float = field(0.0, min=0.0, max=0.9, help="dropout in the blocks while training")
+    levels: int = setting(256, at_least=2, at_most=65536, help="pixel levels (8-bit: 256; "
+                                                               "binarized: 2)")
+    num_resnet: int = setting(2, at_least=1, at_most=20, help="gated resnet blocks per hierarchy")
+    num_hierarchies: int = setting(2, at_least=1, at_most=5, help="resolutions (down- then "
+                                                                  "up-sampled)")
+    num_filters: int = setting(32, at_least=1, at_most=1024, help="feature maps of every block")
+    num_logistic_mix: int = setting(5, at_least=1, at_most=100, help="logistics per pixel's "
+                                                                     "mixture")
+    dropout: float = setting(0.0, at_least=0.0, at_most=0.9, help="dropout in the blocks while "
+                                                                  "training")
 
 
 def build_pixelcnn(config: PixelCNNConfig, image_shape, conditional_shape=None) -> tfd.PixelCNN:

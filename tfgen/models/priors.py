@@ -1,7 +1,8 @@
 """Priors p(z) over the latent space: each a TFP distribution (``distribution()``, with
 ``log_prob`` and ``sample``) and its trainable variables, which join theta.
 
-* ``standard_normal``: N(0, I) (seed 000; seed 001), KL to a Gaussian q in closed form;
+* ``standard_normal``: N(0, I) (Kuntz et al. 2023; the 2AMU20 VAE assignment), KL to a Gaussian q in
+  closed form;
 * ``gaussian_mixture``: sum_k pi_k N(mu_k, diag sigma_k^2), K learned components;
 * ``realnvp``: a RealNVP flow on N(0, I) (Dinh, Sohl-Dickstein & Bengio 2017; the lecture's
   NVP slides): affine coupling layers whose masks alternate (a reversal between layers);
@@ -23,7 +24,7 @@ import tensorflow_probability as tfp
 import tf_keras as keras
 
 from tfgen.registry import PRIORS
-from tfgen.schema import field
+from tfgen.schema import setting
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -48,12 +49,12 @@ class Prior(tf.Module):
 
 @dataclasses.dataclass
 class StandardNormalConfig:
-    dim: int = field(16, min=1, max=4096, help="latent dimension d")
+    dim: int = setting(16, at_least=1, at_most=4096, help="latent dimension d")
 
 
 @PRIORS.register("standard_normal", config=StandardNormalConfig)
 class StandardNormalPrior(Prior):
-    """p(z) = N(z | 0, I_d)  (seed 000, model step 1; seed 001, task 1a)."""
+    """p(z) = N(z | 0, I_d)  (Kuntz et al. 2023, the model; the 2AMU20 VAE assignment, task 1a)."""
 
     analytic_kl = True
 
@@ -67,12 +68,14 @@ class StandardNormalPrior(Prior):
 
 @dataclasses.dataclass
 class GaussianMixtureConfig:
-    dim: int = field(16, min=1, max=4096, help="latent dimension d")
-    components: int = field(10, min=1, max=10000, help="K mixture components")
-    init_spread: float = field(1.0, min=0.0, max=100.0,
-                               help="initial means ~ N(0, init_spread^2 I) (fixed seed)")
-    init_scale: float = field(1.0, gt=0.0, max=100.0, help="initial sigma of every component")
-    min_scale: float = field(1e-3, min=0.0, max=1.0, help="floor of every component's sigma")
+    dim: int = setting(16, at_least=1, at_most=4096, help="latent dimension d")
+    components: int = setting(10, at_least=1, at_most=10000, help="K mixture components")
+    init_spread: float = setting(1.0, at_least=0.0, at_most=100.0,
+                                 help="initial means ~ N(0, init_spread^2 I) (fixed seed)")
+    init_scale: float = setting(1.0, above=0.0, at_most=100.0, help="initial sigma of every "
+                                                                    "component")
+    min_scale: float = setting(1e-3, at_least=0.0, at_most=1.0, help="floor of every component's "
+                                                                     "sigma")
 
 
 @PRIORS.register("gaussian_mixture", config=GaussianMixtureConfig)
@@ -100,12 +103,14 @@ class GaussianMixturePrior(Prior):
 
 @dataclasses.dataclass
 class RealNVPConfig:
-    dim: int = field(16, min=2, max=4096, help="latent dimension d (at least 2: coupling "
-                                                "layers split z)")
-    coupling_layers: int = field(4, min=1, max=64, help="affine coupling layers; the masks "
-                                                        "alternate (z is reversed between layers)")
-    hidden: list[int] = field(factory=lambda: [64, 64], min=1, help="widths of each coupling "
-                                                            "network's hidden layers")
+    dim: int = setting(16, at_least=2, at_most=4096, help="latent dimension d (at least 2: "
+                                                          "coupling layers split z)")
+    coupling_layers: int = setting(4, at_least=1, at_most=64, help="affine coupling layers; the "
+                                                                   "masks alternate (z is reversed "
+                                                                   "between layers)")
+    hidden: list[int] = setting(factory=lambda: [64, 64], at_least=1, help="widths of each "
+                                                                           "coupling "
+                                                                   "network's hidden layers")
 
 
 class CouplingNetwork(keras.layers.Layer):
@@ -167,12 +172,12 @@ class RealNVPPrior(Prior):
 
 @dataclasses.dataclass
 class VampConfig:
-    dim: int = field(16, min=1, max=4096, help="latent dimension d")
-    pseudo_inputs: int = field(500, min=1, max=100000,
-                               help="K learned pseudo-inputs u_k (Tomczak & Welling: 500)")
-    init_mean: float = field(0.5, help="initial u_k ~ N(init_mean, init_std^2), per pixel, in "
-                                       "the data's pixel range (clipped to it)")
-    init_std: float = field(0.01, min=0.0, help="spread of the initial pseudo-inputs")
+    dim: int = setting(16, at_least=1, at_most=4096, help="latent dimension d")
+    pseudo_inputs: int = setting(500, at_least=1, at_most=100000,
+                                 help="K learned pseudo-inputs u_k (Tomczak & Welling: 500)")
+    init_mean: float = setting(0.5, help="initial u_k ~ N(init_mean, init_std^2), per pixel, in "
+                                         "the data's pixel range (clipped to it)")
+    init_std: float = setting(0.01, at_least=0.0, help="spread of the initial pseudo-inputs")
 
 
 @PRIORS.register("vamp", config=VampConfig)

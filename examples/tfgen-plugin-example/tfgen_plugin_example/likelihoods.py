@@ -11,17 +11,17 @@ import tensorflow_probability as tfp
 from tfgen.errors import ConfigError
 from tfgen.models.likelihoods import Likelihood
 from tfgen.registry import LIKELIHOODS
-from tfgen.schema import field
+from tfgen.schema import setting
 
 tfd = tfp.distributions
 
 
 @dataclasses.dataclass
 class LaplaceConfig:
-    scale: Literal["fixed", "per_pixel"] = field(
+    scale: Literal["fixed", "per_pixel"] = setting(
         "fixed", help="fixed: b as given; per_pixel: the decoder outputs a b per pixel")
-    b: float = field(0.1, gt=0.0, help="the fixed scale b (sd = sqrt(2) b)")
-    min_scale: float = field(1e-3, min=0.0, help="floor of a per-pixel b")
+    b: float = setting(0.1, above=0.0, help="the fixed scale b (sd = sqrt(2) b)")
+    min_scale: float = setting(1e-3, at_least=0.0, help="floor of a per-pixel b")
 
     def check(self, cfg):
         if cfg.data.binarize != "none":

@@ -10,13 +10,13 @@ import tf_keras as keras
 
 from tfgen.models.networks import Network
 from tfgen.registry import NETWORKS
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 @dataclasses.dataclass
 class SkipMLPConfig:
-    hidden: list[int] = field(factory=lambda: [64], min=1, help="hidden layer widths")
-    activation: Literal["relu", "tanh", "swish"] = field("relu")
+    hidden: list[int] = setting(factory=lambda: [64], at_least=1, help="hidden layer widths")
+    activation: Literal["relu", "tanh", "swish"] = setting("relu")
 
 
 class SkipMLP(Network):

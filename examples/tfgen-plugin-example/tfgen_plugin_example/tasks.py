@@ -9,14 +9,14 @@ import tensorflow as tf
 
 from tfgen.inference.capabilities import Posterior, require
 from tfgen.registry import EVALUATIONS
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 @dataclasses.dataclass
 class MeanPixelErrorConfig:
-    split: Literal["train", "val", "test"] = field("test")
-    num_images: int = field(256, min=1, max=100000, help="the first N images of the split")
-    batch_size: int = field(64, min=1)
+    split: Literal["train", "val", "test"] = setting("test")
+    num_images: int = setting(256, at_least=1, at_most=100000, help="the first N images of the split")
+    batch_size: int = setting(64, at_least=1)
 
     def check(self, cfg):
         # checked when the config is loaded, like a built-in task's needs

@@ -1,6 +1,6 @@
-"""The latent-geometry ``[[evaluate]]`` tasks (seed 004), one module each: metric_map,
-geodesics, random_walk, geodesic_kmeans and rbf_precision, over what they share
-(:mod:`~tfgen.geometry.tasks.common`).
+"""The latent-geometry ``[[evaluate]]`` tasks (Arvanitidis, Hansen & Hauberg 2018; Grisi & Darcet
+2020), one module each: metric_map, geodesics, random_walk, geodesic_kmeans and rbf_precision, over
+what they share (:mod:`~tfgen.geometry.tasks.common`).
 
 Each needs a decoder with a likelihood (:class:`~tfgen.inference.capabilities.DecoderLikelihood`)
 and the latents of some data (:mod:`tfgen.evaluation.latent_selection`): the scheme's

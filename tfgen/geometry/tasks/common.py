@@ -14,14 +14,14 @@ import tensorflow as tf
 from tfgen import figures
 from tfgen.config import Config
 from tfgen.errors import ConfigError
-from tfgen.evaluation.latent_selection import Latents, pca, resolve, select_latents
+from tfgen.evaluation.latent_selection import Latents, pca, resolve_source_split, select_latents
 from tfgen.evaluation.tasks import EvalContext
 from tfgen.geometry.metric import ExpectedMetric, log_magnification, restricted
 from tfgen.geometry.precision import (RBFPrecision, RBFPrecisionConfig, fit_rbf_precision,
                                       precision_model, squared_residuals)
 from tfgen.inference.capabilities import (DecoderLikelihood, PerDatapointLatents, Posterior,
                                           has, require)
-from tfgen.schema import field
+from tfgen.schema import setting
 
 LatentSource = Literal["auto", "posterior", "cloud"]
 Variance = Literal["standard", "rbf_precision"]
@@ -32,13 +32,13 @@ LOG10 = float(np.log(10.0))
 # --------------------------------------------------------------------------- config and checks
 
 def latents_field():
-    return field("auto", help="where the data's latents come from: posterior (q(z|y) means), "
-                              "cloud (per-datapoint latents, training split), auto")
+    return setting("auto", help="where the data's latents come from: posterior (q(z|y) means), "
+                                "cloud (per-datapoint latents, training split), auto")
 
 
 def variance_field():
-    return field("standard", help="standard: the trained likelihood's sigma; rbf_precision: "
-                                  "sigma from the RBF precision network (Normal likelihood)")
+    return setting("standard", help="standard: the trained likelihood's sigma; rbf_precision: "
+                                    "sigma from the RBF precision network (Normal likelihood)")
 
 
 def check_geometry(cfg: Config, task: str, split: str, latents: str, variance: str) -> None:
@@ -82,7 +82,7 @@ def prefix(task: str, variance: str) -> str:
 def data_latents(ctx: EvalContext, split_name: str, latents: str, num_points: int) -> Latents:
     """Latents of up to ``num_points`` images of a split: q(z | y) means of its first images,
     or a seeded random subset of the per-datapoint latents (``cloud``)."""
-    source, _ = resolve(ctx.cfg, latents, split_name, "cloud")
+    source, _ = resolve_source_split(ctx.cfg, latents, split_name, "cloud")
     return select_latents(ctx, source, split_name, num_points, "evaluate.split")
 
 
@@ -174,7 +174,7 @@ def fit_and_store_rbf(ctx: EvalContext, params: RBFPrecisionConfig, batch: int =
     train = ctx.split("train", "evaluate")
     seed, mode = ctx.cfg.experiment.seed, compile_mode(ctx)
     count = min(params.fit_images, len(train))
-    if resolve(ctx.cfg, "auto", "train", "cloud")[0] == "cloud":
+    if resolve_source_split(ctx.cfg, "auto", "train", "cloud")[0] == "cloud":
         cloud = np.asarray(ctx.scheme.latent_cloud())
         per_image = len(cloud) // len(train)
         cloud = cloud.reshape(len(train), per_image, -1)[:count, :params.fit_samples]

@@ -1,5 +1,5 @@
 """The ``geodesic_kmeans`` task: k-medoids with graph geodesic distances against Euclidean
-k-means and k-medoids, scored by purity against the labels (seed 004, "Experiment 1";
+k-means and k-medoids, scored by purity against the labels (Grisi & Darcet 2020, "Experiment 1";
 :mod:`tfgen.geometry.clustering`)."""
 from __future__ import annotations
 
@@ -17,20 +17,25 @@ from tfgen.geometry.tasks.common import (LatentPlane, LatentSource, Variance, ch
                                          prefix, variance_field, variant_model)
 from tfgen.models.kmeans import kmeans, squared_distances
 from tfgen.registry import EVALUATIONS
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 @dataclasses.dataclass
 class GeodesicKMeansConfig:
-    split: SplitName = field("test")
+    split: SplitName = setting("test")
     latents: LatentSource = latents_field()
     variance: Variance = variance_field()
-    num_points: int = field(1000, min=2, max=5000, help="latents clustered (the distance "
-                                                       "matrix is num_points^2)")
-    clusters: int = field(0, min=0, max=1000, help="k (0 = the number of labels present)")
-    neighbours: int = field(10, min=1, max=1000, help="nearest neighbours joined in the graph")
-    subdivisions: int = field(4, min=1, max=100, help="pieces per edge when measuring its length")
-    restarts: int = field(10, min=1, max=1000, help="seedings; the lowest-cost run is kept")
+    num_points: int = setting(1000, at_least=2, at_most=5000, help="latents clustered (the "
+                                                                   "distance matrix is "
+                                                                   "num_points^2)")
+    clusters: int = setting(0, at_least=0, at_most=1000, help="k (0 = the number of labels "
+                                                              "present)")
+    neighbours: int = setting(10, at_least=1, at_most=1000, help="nearest neighbours joined in the "
+                                                                 "graph")
+    subdivisions: int = setting(4, at_least=1, at_most=100, help="pieces per edge when measuring "
+                                                                 "its length")
+    restarts: int = setting(10, at_least=1, at_most=1000, help="seedings; the lowest-cost run is "
+                                                               "kept")
 
     def check(self, cfg):
         check_geometry(cfg, "geodesic_kmeans", self.split, self.latents, self.variance)
@@ -38,7 +43,7 @@ class GeodesicKMeansConfig:
 
 @EVALUATIONS.register("geodesic_kmeans", config=GeodesicKMeansConfig)
 def geodesic_kmeans_task(params: GeodesicKMeansConfig, ctx: EvalContext) -> dict:
-    """k-medoids with graph geodesic distances against Euclidean k-means: purity (seed 004)."""
+    """k-medoids with graph geodesic distances against Euclidean k-means: purity (Arvanitidis, Hansen & Hauberg 2018; Grisi & Darcet 2020)."""
     seed, mode = ctx.cfg.experiment.seed, compile_mode(ctx)
     data = data_latents(ctx, params.split, params.latents, params.num_points)
     known = data.labels[data.labels >= 0]

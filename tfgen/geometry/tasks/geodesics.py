@@ -20,7 +20,7 @@ from tfgen.geometry.tasks.common import (LatentPlane, LatentSource, Variance, ba
                                          latents_field, prefix, variance_field, variant_model)
 from tfgen.registry import EVALUATIONS
 from tfgen.runtime import compile_step
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 #: a shooting solution "reaches" the end point when it misses by less than this fraction of the
@@ -30,29 +30,32 @@ SHOOTING_AGREES = 1e-2
 
 @dataclasses.dataclass
 class GeodesicsConfig:
-    split: SplitName = field("test")
+    split: SplitName = setting("test")
     latents: LatentSource = latents_field()
     variance: Variance = variance_field()
-    pairs: int = field(100, min=1, max=100000, help="random pairs of data latents")
-    segments: int = field(20, min=2, max=1000, help="T: segments of a discrete curve")
-    optimizer: Optimizer = field("lbfgs", help="energy minimisation by batched L-BFGS or Adam")
-    steps: int = field(0, min=0, max=100000, help="L-BFGS iterations or Adam steps (0 = 50 "
-                                                 "for L-BFGS, 300 for Adam)")
-    learning_rate: float = field(0.05, gt=0.0, max=10.0, help="Adam's step, as a fraction of "
-                                                             "the pair's latent distance")
-    subdivisions: int = field(4, min=1, max=100, help="lengths are measured after cutting every "
-                                                     "segment into this many pieces")
+    pairs: int = setting(100, at_least=1, at_most=100000, help="random pairs of data latents")
+    segments: int = setting(20, at_least=2, at_most=1000, help="T: segments of a discrete curve")
+    optimizer: Optimizer = setting("lbfgs", help="energy minimisation by batched L-BFGS or Adam")
+    steps: int = setting(0, at_least=0, at_most=100000, help="L-BFGS iterations or Adam steps (0 = "
+                                                             "50 for L-BFGS, 300 for Adam)")
+    learning_rate: float = setting(0.05, above=0.0, at_most=10.0, help="Adam's step, as a fraction "
+                                                                       "of the pair's latent "
+                                                                       "distance")
+    subdivisions: int = setting(4, at_least=1, at_most=100, help="lengths are measured after "
+                                                                 "cutting every segment into this "
+                                                                 "many pieces")
     # one batched L-BFGS runs until its slowest curve is done: on latent_geometry.toml's RBF
     # variance 100 pairs took 643 s in one batch (1106 energy evaluations) and 258 s in batches
     # of 20, the same lengths; 100 s either way with the network's sigma (idle machine)
-    batch_size: int = field(20, min=1, help="curves optimised at once (one L-BFGS: the "
-                                            "slowest curve sets every curve's iterations)")
-    show: int = field(6, min=0, max=64, help="pairs drawn and decoded in the figures")
-    images: int = field(11, min=2, max=64, help="images decoded along each shown curve")
-    shooting: int = field(4, min=0, max=1000, help="pairs checked against the geodesic ODE "
-                                                  "(shooting from the energy solution; 0 = off)")
-    ode_steps: int = field(50, min=1, max=10000, help="RK4 steps of the shooting check")
-    resolution: int = field(60, min=2, max=1000, help="grid side of the background map")
+    batch_size: int = setting(20, at_least=1, help="curves optimised at once (one L-BFGS: the "
+                                                   "slowest curve sets every curve's iterations)")
+    show: int = setting(6, at_least=0, at_most=64, help="pairs drawn and decoded in the figures")
+    images: int = setting(11, at_least=2, at_most=64, help="images decoded along each shown curve")
+    shooting: int = setting(4, at_least=0, at_most=1000, help="pairs checked against the geodesic "
+                                                              "ODE (shooting from the energy "
+                                                              "solution; 0 = off)")
+    ode_steps: int = setting(50, at_least=1, at_most=10000, help="RK4 steps of the shooting check")
+    resolution: int = setting(60, at_least=2, at_most=1000, help="grid side of the background map")
 
     def check(self, cfg):
         check_geometry(cfg, "geodesics", self.split, self.latents, self.variance)

@@ -1,5 +1,5 @@
 """The ``metric_map`` task: the magnification factor sqrt(det M(z)) of the expected metric over a
-latent grid, data latents on top (seed 004, Theorem 1)."""
+latent grid, data latents on top (Arvanitidis, Hansen & Hauberg 2018, Theorem 1)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,22 +14,25 @@ from tfgen.geometry.tasks.common import (LOG10, LatentPlane, LatentSource, check
                                          compile_mode, data_latents, label_axes, latents_field,
                                          magnification_grid, prefix, variant_model)
 from tfgen.registry import EVALUATIONS
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 @dataclasses.dataclass
 class MetricMapConfig:
-    split: SplitName = field("test", help="whose latents are drawn on top")
+    split: SplitName = setting("test", help="whose latents are drawn on top")
     latents: LatentSource = latents_field()
-    num_points: int = field(2000, min=1, max=100000, help="data latents drawn on the map")
-    resolution: int = field(100, min=2, max=2000, help="grid points per side")
-    margin: float = field(0.25, min=0.0, max=10.0, help="grid beyond the data, as a fraction "
-                                                       "of the data's extent per side")
-    variance: Literal["standard", "rbf_precision", "both"] = field(
+    num_points: int = setting(2000, at_least=1, at_most=100000, help="data latents drawn on the "
+                                                                     "map")
+    resolution: int = setting(100, at_least=2, at_most=2000, help="grid points per side")
+    margin: float = setting(0.25, at_least=0.0, at_most=10.0, help="grid beyond the data, as a "
+                                                                   "fraction of the data's extent "
+                                                                   "per side")
+    variance: Literal["standard", "rbf_precision", "both"] = setting(
         "standard", help="both: the standard and the RBF precision variance side by side")
-    mode: Mode = field("auto", help="Jacobians by forward or reverse mode (auto: forward when "
-                                    "d <= the number of decoded outputs)")
-    max_evaluations: int = field(4096, min=1, help="decoder evaluations per chunk (memory bound)")
+    mode: Mode = setting("auto", help="Jacobians by forward or reverse mode (auto: forward when "
+                                      "d <= the number of decoded outputs)")
+    max_evaluations: int = setting(4096, at_least=1, help="decoder evaluations per chunk (memory "
+                                                          "bound)")
 
     def check(self, cfg):
         check_geometry(cfg, "metric_map", self.split, self.latents,
@@ -38,7 +41,7 @@ class MetricMapConfig:
 
 @EVALUATIONS.register("metric_map", config=MetricMapConfig)
 def metric_map_task(params: MetricMapConfig, ctx: EvalContext) -> dict:
-    """Magnification factor sqrt(det M(z)) over a latent grid, data latents on top (seed 004)."""
+    """Magnification factor sqrt(det M(z)) over a latent grid, data latents on top (Arvanitidis, Hansen & Hauberg 2018; Grisi & Darcet 2020)."""
     data = data_latents(ctx, params.split, params.latents, params.num_points)
     plane = LatentPlane.through(data.points)
     points2d = plane.project(data.points)

@@ -1,6 +1,6 @@
 """The ``random_walk`` task: Euclidean random walks in the latent space against walks whose
-steps have covariance M(z)^-1 (seed 004's experiment; :mod:`tfgen.geometry.random_walk`),
-decoded."""
+steps have covariance M(z)^-1 (the random-walk experiment of Grisi & Darcet 2020;
+:mod:`tfgen.geometry.random_walk`), decoded."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,21 +19,22 @@ from tfgen.geometry.tasks.common import (LatentPlane, LatentSource, Variance, ba
                                          check_geometry, compile_mode, data_latents,
                                          latents_field, prefix, variance_field, variant_model)
 from tfgen.registry import EVALUATIONS
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 @dataclasses.dataclass
 class RandomWalkConfig:
-    split: SplitName = field("test", help="walks start at the latents of this split's images")
+    split: SplitName = setting("test", help="walks start at the latents of this split's images")
     latents: LatentSource = latents_field()
     variance: Variance = variance_field()
-    walks: int = field(6, min=1, max=1000)
-    steps: int = field(100, min=1, max=100000)
-    step_size: float = field(0.05, gt=0.0, max=100.0, help="s: Euclidean step sd; a Riemannian "
-                                                          "step has covariance s^2 m M(z)^-1")
-    show_every: int = field(10, min=1, help="decode every this many steps")
-    scale_points: int = field(500, min=1, help="data latents whose median det(M)^(1/d) is m")
-    resolution: int = field(60, min=2, max=1000, help="grid side of the background map")
+    walks: int = setting(6, at_least=1, at_most=1000)
+    steps: int = setting(100, at_least=1, at_most=100000)
+    step_size: float = setting(0.05, above=0.0, at_most=100.0, help="s: Euclidean step sd; a "
+                                                                    "Riemannian step has "
+                                                                    "covariance s^2 m M(z)^-1")
+    show_every: int = setting(10, at_least=1, help="decode every this many steps")
+    scale_points: int = setting(500, at_least=1, help="data latents whose median det(M)^(1/d) is m")
+    resolution: int = setting(60, at_least=2, at_most=1000, help="grid side of the background map")
 
     def check(self, cfg):
         check_geometry(cfg, "random_walk", self.split, self.latents, self.variance)
@@ -41,7 +42,7 @@ class RandomWalkConfig:
 
 @EVALUATIONS.register("random_walk", config=RandomWalkConfig)
 def random_walk_task(params: RandomWalkConfig, ctx: EvalContext) -> dict:
-    """Euclidean walks against walks with covariance M(z)^-1 (seed 004's experiment), decoded."""
+    """Euclidean walks against walks with covariance M(z)^-1 (the random-walk experiment of Grisi & Darcet 2020), decoded."""
     seed, mode = ctx.cfg.experiment.seed, compile_mode(ctx)
     data = data_latents(ctx, params.split, params.latents, max(params.scale_points, params.walks))
     model = variant_model(ctx, params.variance)
@@ -71,7 +72,8 @@ def random_walk_task(params: RandomWalkConfig, ctx: EvalContext) -> dict:
         results.update({
             f"{key}_{kind}_latent_step_mean": float(euclidean.mean()),
             f"{key}_{kind}_riemannian_step_mean": float(riemannian.mean()),
-            # how even the pace of change of the decoded images is (seed 004: "regular changes")
+            # how even the pace of change of the decoded images is (Grisi & Darcet 2020: "regular
+            # changes")
             f"{key}_{kind}_riemannian_step_cv": float((riemannian.std(1) / riemannian.mean(1)).mean()),
             f"{key}_{kind}_final_norm_mean": float(np.linalg.norm(path[:, -1], axis=-1).mean()),
         })

@@ -21,7 +21,7 @@ from tfgen.inference.capabilities import Posterior, require
 from tfgen.inference.estimators import mean_log_likelihood
 from tfgen.registry import EVALUATIONS
 from tfgen.runtime import compile_step
-from tfgen.schema import field
+from tfgen.schema import setting
 
 
 class WithModel(PosteriorEstimates):
@@ -37,12 +37,14 @@ class WithModel(PosteriorEstimates):
 
 @dataclasses.dataclass
 class RBFPrecisionTaskConfig(RBFPrecisionConfig):
-    split: SplitName = field("test", help="held-out images of the log-likelihood comparison")
-    samples: int = field(100, min=1, max=100000, help="importance samples K (IWAE) per image")
-    max_images: int = field(1000, min=0, help="0 = the whole split")
-    batch_size: int = field(50, min=1)
-    num_points: int = field(2000, min=1, max=100000, help="data latents drawn on the sigma maps")
-    resolution: int = field(60, min=2, max=1000, help="grid side of the sigma maps")
+    split: SplitName = setting("test", help="held-out images of the log-likelihood comparison")
+    samples: int = setting(100, at_least=1, at_most=100000, help="importance samples K (IWAE) per "
+                                                                 "image")
+    max_images: int = setting(1000, at_least=0, help="0 = the whole split")
+    batch_size: int = setting(50, at_least=1)
+    num_points: int = setting(2000, at_least=1, at_most=100000, help="data latents drawn on the "
+                                                                     "sigma maps")
+    resolution: int = setting(60, at_least=2, at_most=1000, help="grid side of the sigma maps")
 
     def check(self, cfg):
         check_geometry(cfg, "rbf_precision", self.split, "auto", "standard")
