@@ -41,7 +41,8 @@ from tfgen.evaluation.latent_selection import (Source, SourceSplit, check_source
 from tfgen.evaluation.tasks import EvalContext, task_key
 from tfgen.inference.capabilities import DecoderLikelihood, require
 from tfgen.registry import EVALUATIONS
-from tfgen.schema import field
+from tfgen.footprint import UNCOUNTED
+from tfgen.schema import TaskConfig, field
 
 tfd = tfp.distributions
 
@@ -81,7 +82,7 @@ def interpolate(a, b, steps: int, kind: str) -> np.ndarray:
 # --------------------------------------------------------------------------- interpolation
 
 @dataclasses.dataclass
-class InterpolationConfig:
+class InterpolationConfig(TaskConfig):
     prefer_latents: ClassVar[bool] = False
     source: Source = source_field("encoder, else posterior")
     split: SourceSplit = split_field()
@@ -101,6 +102,9 @@ class InterpolationConfig:
             if len(pair) != 2:
                 raise ConfigError(cfg.source_file, f"{task_key(cfg, self)}.pairs[{i}]",
                                   "a pair is two image indices", pair, "[i, j]")
+
+    def peak(self, shape, act):
+        return UNCOUNTED  # num_pairs x steps latents decoded
 
     def check_data(self, cfg, data) -> None:
         """The pairs' indices exist in the split (before a run directory exists)."""
@@ -156,7 +160,7 @@ def interpolation_task(params: InterpolationConfig, ctx: EvalContext) -> dict:
 # --------------------------------------------------------------------------- manifold grid
 
 @dataclasses.dataclass
-class ManifoldGridConfig:
+class ManifoldGridConfig(TaskConfig):
     size: int = field(20, min=2, max=100, help="latents per side")
     margin: float = field(0.05, gt=0.0, max=0.49, help="the grid's quantiles run from margin to "
                                                        "1 - margin (0 and 1 are infinite)")
@@ -171,6 +175,9 @@ class ManifoldGridConfig:
                               f"latent dimension is {d} (for d > 2, 'latent_scatter' draws the "
                               f"latents' PCA plane and 'interpolation' decodes paths)",
                               "manifold_grid", "model.prior.dim = 2")
+
+    def peak(self, shape, act):
+        return UNCOUNTED  # size^2 latents decoded
 
 
 def prior_quantile_grid(prior_distribution, size: int, margin: float) -> np.ndarray:

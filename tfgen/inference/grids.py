@@ -10,9 +10,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfgen import figures
+from tfgen.footprint import batch_bytes
 from tfgen.inference.capabilities import ImageSampler, has
 from tfgen.inference.samplers import Sampler, check_sampler, sample_latents
-from tfgen.schema import field
+from tfgen.schema import TaskConfig, field
 
 
 def reconstruction_grid(scheme, images, ncols, pixel_range) -> np.ndarray:
@@ -22,7 +23,7 @@ def reconstruction_grid(scheme, images, ncols, pixel_range) -> np.ndarray:
 
 
 @dataclasses.dataclass
-class SamplesConfig:
+class SamplesConfig(TaskConfig):
     """A grid of samples (the ``samples`` task's settings)."""
 
     num_images: int = field(64, min=1, max=1024)
@@ -35,6 +36,9 @@ class SamplesConfig:
         if has(cfg, ImageSampler) and self.sampler == "prior":
             return  # the model's own samples
         check_sampler(cfg, self.sampler, "evaluate.sampler")
+
+    def peak(self, shape, act):
+        return batch_bytes(shape, act, self.num_images), ("num_images",)
 
 
 def sample_grid(scheme, params: SamplesConfig, seed: int, pixel_range) -> np.ndarray:

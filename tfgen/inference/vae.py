@@ -40,6 +40,10 @@ class VAE(Scheme, AmortizedPosterior, PosteriorEstimates):
     validation_metrics = ("elbo", "reconstruction", "kl", "loss")
     monitor = "loss"  # -ELBO (seed 001 task 1c: early stopping on the negative ELBO)
 
+    @classmethod
+    def decoder_passes(cls, params: VAEConfig):
+        return params.mc_samples, ("inference.mc_samples",)
+
     def __init__(self, params: VAEConfig, model, data, cfg, generator, strategy):
         super().__init__(params, model, data, cfg, generator, strategy)
         d = model.latent_dim
