@@ -57,6 +57,6 @@ def test_a_vae_trains_with_it_and_reports_discrete_bits_per_dim():
               for _ in range(20)]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
     out = bits_per_dim({"log_likelihood": -100.0, "log_likelihood_stderr": 1.0},
-                       scheme.model.likelihood, (4, 4, 1), (0.0, 1.0), eight_bit=True)
+                       scheme.model.likelihood, (4, 4, 1), eight_bit=True)
     assert set(out) == {"bits_per_dim", "bits_per_dim_stderr"}
     assert out["bits_per_dim"] == pytest.approx(100.0 / (16 * np.log(2)))

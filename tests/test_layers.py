@@ -3,13 +3,15 @@
 The layers, from the bottom up; a module imports from its own layer and the layers below it,
 never from one above (the flow ``TOML -> Config -> assembled components -> run``):
 
-1. ground floor -- ``errors``, ``schema`` (``setting``, ``Component``, ``Empty``), ``registry``,
+1. ground floor -- ``errors``, ``schema`` (``setting``, ``Component``, ``Empty``,
+   ``TaskConfig``), ``registry``, ``capability`` (the mechanism of components' capabilities),
    ``compose`` (reading config files, ``extends``):
    they import nothing of tfgen's above them, so every module may use them;
 2. config -- the typed config, parsed against the registries it is given (it is data);
-3. data and the machine -- ``data/``, ``memory``, ``runtime``, ``distribute``, ``execution``,
-   ``signals``, ``storage``, ``figures`` (image grids and plots, written as files);
-4. models -- priors, networks, likelihoods, the generative model;
+3. data and the machine -- ``data/``, ``memory``, ``footprint`` (the terms components declare
+   their memory in), ``runtime``, ``distribute``, ``execution``, ``signals``, ``storage``,
+   ``figures`` (image grids and plots, written as files);
+4. models -- priors, networks, likelihoods and their capabilities, the generative model;
 5. inference -- the capabilities, the schemes and what they share;
 6. evaluation -- tasks, metrics, figures, samplers;
 7. geometry -- the decoder's latent geometry and its tasks (on evaluation's task context);
@@ -33,17 +35,18 @@ ROOT = Path(__file__).resolve().parent.parent / "tfgen"
 
 #: (layer, its modules), from the bottom up
 LAYERS = [
-    ("ground floor", "tfgen.errors tfgen.schema tfgen.registry tfgen.compose"),
+    ("ground floor", "tfgen.errors tfgen.schema tfgen.registry tfgen.compose tfgen.capability"),
     ("config", "tfgen.config"),
     ("data and the machine",
      "tfgen.data tfgen.data.bundle tfgen.data.checks tfgen.data.idx tfgen.data.image_folder "
      "tfgen.data.loader tfgen.data.npz tfgen.data.splits tfgen.data.tfds tfgen.data.transforms "
-     "tfgen.memory tfgen.runtime tfgen.distribute tfgen.execution tfgen.signals tfgen.storage "
-     "tfgen.figures"),
+     "tfgen.memory tfgen.footprint tfgen.runtime tfgen.distribute tfgen.execution "
+     "tfgen.signals tfgen.storage tfgen.figures"),
     ("models",
      "tfgen.models tfgen.models.gmm tfgen.models.kmeans tfgen.models.layer_list "
-     "tfgen.models.likelihoods tfgen.models.linear_em tfgen.models.model tfgen.models.networks "
-     "tfgen.models.pixelcnn tfgen.models.ppca tfgen.models.priors"),
+     "tfgen.models.likelihood_capabilities tfgen.models.likelihoods tfgen.models.linear_em "
+     "tfgen.models.model tfgen.models.networks tfgen.models.pixelcnn tfgen.models.ppca "
+     "tfgen.models.priors"),
     ("inference",
      "tfgen.inference tfgen.inference.abp tfgen.inference.short_run tfgen.inference.langevin_chains tfgen.inference.adversarial tfgen.inference.adversarial_losses "
      "tfgen.inference.autoregressive tfgen.inference.base tfgen.inference.capabilities "

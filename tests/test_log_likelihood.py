@@ -336,15 +336,15 @@ def test_bad_keys_are_refused_naming_the_key_and_the_allowed_values(key, value, 
 
 
 def test_memory_estimate_counts_one_chunk_and_the_ais_chains():
-    from tfgen.resources import Activations, DataShape, _task_peak
+    from tfgen.resources import Activations, DataShape, task_peak
+    from tfgen.schema import Component
 
     act, shape = Activations(decoder=1000, decoder_output=784, encoder=500), \
         DataShape(1000, 0, 1000, (28, 28, 1))
-    task = lambda **keys: type("Task", (), {"name": "log_likelihood",
-                                            "params": LogLikelihoodConfig(**keys)})()
-    small, large = _task_peak(0, task(samples=100), shape, act), _task_peak(0, task(samples=5000),
-                                                                             shape, act)
+    task = lambda **keys: Component("log_likelihood", LogLikelihoodConfig(**keys))
+    small, large = task_peak(0, task(samples=100), shape, act), task_peak(0, task(samples=5000),
+                                                                           shape, act)
     assert small.bytes == large.bytes  # K beyond one chunk costs time, not memory
-    ais = _task_peak(0, task(estimator="ais", ais_chains=16), shape, act)
+    ais = task_peak(0, task(estimator="ais", ais_chains=16), shape, act)
     assert ais.bytes == 50 * (act.encode(True) + 16 * act.decode(True))
     assert "evaluate.0.ais_chains" in ais.keys

@@ -3,9 +3,10 @@
 The one module that knows every component.  Importing it imports the component modules,
 whose decorators fill the registries (:mod:`tfgen.registry`); it passes the registries to
 the parser (:mod:`tfgen.config`, which knows none of them), gives a config without
-``[[evaluate]]`` its scheme's default tasks, runs the checks that span sections (each
-component's own ``check(cfg)``, the scheme's ``check_config(cfg)``, what a prior needs of the
-scheme) and builds the model and the scheme for a run (:func:`build`).  The CLI and the
+``[[evaluate]]`` its scheme's default tasks, applies the data keys the likelihood derives
+(its config's ``data_defaults()``), runs the checks that span sections (each component's own
+``check(cfg)``, the scheme's ``check_config(cfg)``, what a prior needs of the scheme) and
+builds the model and the scheme for a run (:func:`build`).  The CLI and the
 runner load every config through it: ``tfgen validate``, ``tfgen list``, ``tfgen run``
 (and ``--resume``), ``tfgen eval`` and ``tfgen complete``.  After the built-in components it
 loads the plugins (:func:`load_plugins`, :mod:`tfgen.plugins`): installed ones on the first
@@ -37,7 +38,7 @@ from tfgen.inference.capabilities import AmortizedPosterior, require
 from tfgen.models import layer_list, likelihoods, networks, priors  # noqa: F401
 from tfgen.models.model import build_model
 from tfgen.registry import ALL, PRIORS, SCHEMES
-from tfgen.schema import Component
+from tfgen.schema import Component, TaskConfig
 
 #: registry kind -> registry, every component registered: what the parser validates against
 CATALOG = ALL
@@ -62,8 +63,22 @@ def from_dict(raw: dict, file: str = "<config>") -> Config:
         # each scheme names its own defaults (task names or tables)
         defaults = SCHEMES.factory_for(cfg.inference).default_evaluations
         cfg.evaluate = config.evaluations_from(defaults, file, CATALOG)
+    apply_data_defaults(cfg)
     cross_check(cfg)
     return cfg
+
+
+def apply_data_defaults(cfg: Config) -> None:
+    """The data keys the likelihood derives, where the file leaves them at their default
+    (the Categorical's ``data.bins``: the data binned as the likelihood bins it); a value the
+    file gives is the likelihood's ``check`` to judge."""
+    derive = getattr(cfg.model.likelihood.params, "data_defaults", None)
+    if derive is None:
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg.data)}
+    for key, value in derive().items():
+        if getattr(cfg.data, key) == defaults[key]:
+            setattr(cfg.data, key, value)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -117,9 +132,7 @@ def cross_check(cfg: Config) -> None:
         if check is not None:
             checks.append(check)
     for i, task in enumerate(cfg.evaluate):
-        check = getattr(task.params, "check", None)
-        if check is not None:
-            checks.append(functools.partial(_task_check, check, i))
+        checks.append(functools.partial(_task_check, task, i))
     # A network's config is used in several places (decoder, encoder, discriminator), so its
     # check is told the key path it sits at.
     for section, owner in [("model", cfg.model), ("inference", cfg.inference.params)]:
@@ -165,11 +178,19 @@ def _check_prior_needs(cfg: Config) -> None:
                 given=cfg.model.prior.name, alternative=prior.instead_without_encoder)
 
 
-def _task_check(check: Any, i: int, cfg: Config) -> None:
+def _task_check(task: Component, i: int, cfg: Config) -> None:
     """A task's ``check``, its errors at ``evaluate[i]``: a task's config does not know its
-    place in the list, so its checks name the table ``evaluate`` (or ``evaluate.<key>``)."""
+    place in the list, so its checks name the table ``evaluate`` (or ``evaluate.<key>``).
+    A task whose config does not state its needs (a :class:`~tfgen.schema.TaskConfig` with
+    its own ``peak``) is refused: the memory estimate could not count it."""
+    params = task.params
+    if not isinstance(params, TaskConfig) or type(params).peak is TaskConfig.peak:
+        raise ConfigError(cfg.source_file, f"evaluate[{i}].task", f"task {task.name!r} does not "
+                          f"declare its memory peak (its config class "
+                          f"{type(params).__name__} is no tfgen.schema.TaskConfig with a peak "
+                          f"method)", task.name, "a task whose config declares peak()")
     try:
-        check(cfg)
+        params.check(cfg)
     except ConfigError as err:
         errors = []
         for e in getattr(err, "errors", [err]):
@@ -196,9 +217,7 @@ def build(cfg: Config, data: DataBundle | None = None,
     if data is None:
         data = load_data(cfg.data, cfg.experiment.seed, cfg.source_file)
     for task in cfg.evaluate:  # checks that need the images' size (e.g. a mask file's)
-        check_data = getattr(task.params, "check_data", None)
-        if check_data is not None:
-            check_data(cfg, data)
+        task.params.check_data(cfg, data)
     with strategy.scope():
         model = build_model(cfg, data.image_shape, data.pixel_range)
         scheme_cls = SCHEMES.factory_for(cfg.inference)

@@ -7,13 +7,17 @@ Its parts:
 * the runtime: Python, TensorFlow, tf.data and the compiled steps (measured: the peak RSS of a
   tiny run), more when XLA compiles;
 * resident for the whole run: every split as float32, the tf.data copy of the training set
-  (and its cache), the training images a scheme keeps on the device (PGA), the per-datapoint
-  state (PGA's cloud of M N d floats), the parameters with their gradients and optimizer slots;
+  (and its cache), the parameters with their gradients and optimizer slots, and what the
+  scheme declares it holds (``Scheme.memory_terms``: a per-datapoint table, PGA's cloud of
+  M N d floats and the training images it keeps on the device);
 * the largest transient peak of one step or one evaluation batch: the activations of the
-  decoder (and encoder) for the examples processed at once -- a training batch (times the
-  Monte Carlo samples or particles), one chunk of the particle update with its temporaries
-  (three more clouds: the drift, the noise, the moved cloud), the validation batches and each
-  ``[[evaluate]]`` task's batch.
+  decoder (and encoder) for the examples processed at once -- the scheme's training step as
+  it declares it (a training batch times the Monte Carlo samples or particles, one chunk of
+  PGA's particle update with its temporaries), the validation batches, and each
+  ``[[evaluate]]`` task's batch as the task declares it (``TaskConfig.peak``).
+
+Schemes and tasks state their terms in the vocabulary of :mod:`tfgen.footprint`; this module
+traces the networks and sums what they declare.
 
 Activations follow one documented rule, not a guess per network: the networks are built once
 in a scratch ``tf.Graph`` (nothing is allocated -- tf_keras' variable initialization is
@@ -23,13 +27,14 @@ transposed convolutions, matrix products and batch norms output is the per-examp
 (tensors whose batch dimension is unknown, as Keras functional models leave it, count their
 per-example size directly).  Ops inside the functions a layer calls, and inside the larger
 branch of a ``tf.cond``, count as if inlined.  Other element-wise ops are fused or freed at
-once, except the likelihood's per-pixel terms, which count ``PIXEL_TENSORS`` tensors of the
-decoder's output size, and the prior's log density, which counts ``PRIOR_TENSORS`` tensors
-of its largest element-wise term (a mixture's [K, d] per latent).  A scheme whose model is a
-density network of its own (``flow``, ``autoregressive``) gives it by ``traced_log_prob``;
-it stands in for the decoder.  A pass with a backward pass (training, the particle update,
-inpainting) counts 3 x the network's tensors and 2 x the pixel terms (the forward tensors
-kept for the gradient, and the gradients); a forward pass 1 x.
+once, except the likelihood's per-pixel terms, which count ``PIXEL_TENSORS``
+(:mod:`tfgen.footprint`) tensors of the decoder's output size, and the prior's log density,
+which counts ``PRIOR_TENSORS`` tensors of its largest element-wise term (a mixture's [K, d]
+per latent).  A scheme whose model is a density network of its own (``flow``,
+``autoregressive``) gives it by ``traced_log_prob``; it stands in for the decoder.  A pass
+with a backward pass (training, the particle update, inpainting) counts 3 x the network's
+tensors and 2 x the pixel terms (the forward tensors kept for the gradient, and the
+gradients); a forward pass 1 x.
 
 Measured against peak RSS (README, "What tfgen guarantees"), the estimate is within a factor of
 about 1.5 of the truth on the shipped experiments; the check refuses only what exceeds the
@@ -46,7 +51,8 @@ import math
 
 from tfgen.config import Config
 from tfgen.errors import ResourceError
-from tfgen.inference.capabilities import AmortizedPosterior, PerDatapointLatents
+from tfgen.footprint import Activations, DataShape, Term
+from tfgen.inference.capabilities import AmortizedPosterior
 from tfgen.memory import FLOAT, available_memory, format_bytes
 from tfgen.registry import SCHEMES
 from tfgen.schema import Component
@@ -56,11 +62,6 @@ from tfgen.schema import Component
 RUNTIME_BYTES = 900 * 2**20
 #: what XLA's compiler adds (pga_quick under XLA against graph mode, measured)
 XLA_BYTES = 400 * 2**20
-BACKWARD_FACTOR = 3
-#: tensors of the decoder's output size that a log-density's element-wise terms materialise
-#: in graph mode (twice that with the backward pass): measured 22 KB per particle for an MLP
-#: decoder with 784 Bernoulli outputs, where the counted ops give 3 KB
-PIXEL_TENSORS = 3
 #: ops whose outputs are materialised tensors (contractions and normalisations)
 COUNTED_OPS = {"Conv2D", "Conv2DBackpropInput", "Conv3D", "DepthwiseConv2dNative", "MatMul",
                "BatchMatMulV2", "BatchMatMulV3", "_FusedMatMul", "FusedBatchNormV3",
@@ -74,34 +75,6 @@ COND_OPS = {"If", "StatelessIf"}
 PRIOR_TENSORS = 3
 #: validation batch of the trainer (``Scheme.validate`` evaluates in batches of 500)
 VALIDATION_BATCH = 500
-
-
-@dataclasses.dataclass(frozen=True)
-class DataShape:
-    """What the estimate needs to know about the data: split sizes and the image shape."""
-
-    train: int
-    val: int
-    test: int
-    image_shape: tuple[int, int, int]
-    pixel_range: tuple[float, float] = (0.0, 1.0)
-
-    @classmethod
-    def of(cls, data) -> "DataShape":
-        return cls(len(data.train), len(data.val) if data.val is not None else 0,
-                   len(data.test) if data.test is not None else 0, tuple(data.image_shape),
-                   tuple(data.pixel_range))
-
-    @property
-    def image_bytes(self) -> int:
-        return math.prod(self.image_shape) * FLOAT
-
-
-@dataclasses.dataclass(frozen=True)
-class Term:
-    what: str
-    bytes: int
-    keys: tuple[str, ...] = ()  # the config keys that shrink it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,37 +96,12 @@ class Estimate:
         return sorted([*self.resident, self.peak], key=lambda t: -t.bytes)[:count]
 
 
-@dataclasses.dataclass(frozen=True)
-class Activations:
-    """Bytes per example of one pass (the rule of the module docstring): the counted forward
-    tensors of the decoder and of the encoder, and the size of the decoder's output."""
-
-    decoder: int
-    decoder_output: int
-    encoder: int = 0
-    prior: int = 0
-
-    def decode(self, backward: bool) -> int:
-        """One example through the decoder, the likelihood's and the prior's log-densities."""
-        if backward:
-            return (BACKWARD_FACTOR * (self.decoder + self.prior)
-                    + 2 * PIXEL_TENSORS * self.decoder_output)
-        return self.decoder + self.prior + PIXEL_TENSORS * self.decoder_output
-
-    def encode(self, backward: bool) -> int:
-        return (BACKWARD_FACTOR if backward else 1) * self.encoder
-
-
 def estimate(cfg: Config, shape: DataShape, activations: Activations | None = None) -> Estimate:
     """The memory ``cfg`` needs on data of ``shape`` (``activations`` traced if not given)."""
     from tfgen.runtime import resolve_compile_mode
 
     act = activations or trace_activations(cfg, shape)
     scheme = SCHEMES.factory_for(cfg.inference)
-    params = cfg.inference.params
-    particles = int(getattr(params, "particles", 0) or 0)
-    mc = int(getattr(params, "mc_samples", 1) or 1)
-    batch = min(cfg.train.batch_size, shape.train)
     image = shape.image_bytes
     runtime = RUNTIME_BYTES + (XLA_BYTES if resolve_compile_mode(cfg.train.compile) == "xla" else 0)
 
@@ -168,33 +116,9 @@ def estimate(cfg: Config, shape: DataShape, activations: Activations | None = No
         Term("parameters, gradients and optimizer slots", _parameter_bytes(cfg, shape),
              getattr(scheme, "size_keys", ("model.decoder",))),
     ]
-    peaks = []
-    if particles:  # a particle cloud [M, N, d] and the training images on the device (PGA)
-        cloud = shape.train * particles * _latent_dim(cfg) * FLOAT
-        resident += [Term("the particle cloud", cloud, ("inference.particles", "data.subsample")),
-                     Term("the training images on the device", shape.train * image,
-                          ("data.subsample",))]
-        chunk = min(int(getattr(params, "chunk_size", 64)), shape.train)
-        every = getattr(params, "particle_update", "all") == "all"
-        moved = shape.train if every else batch
-        peaks += [
-            Term("the theta gradient's activations",
-                 batch * particles * act.decode(backward=True),
-                 ("train.batch_size", "inference.particles")),
-            Term("the particle update (activations of one chunk, drift, noise, moved cloud)",
-                 (chunk if every else batch) * particles * act.decode(backward=True)
-                 + 3 * moved * particles * _latent_dim(cfg) * FLOAT,
-                 ("inference.chunk_size", "inference.particles", "data.subsample")),
-        ]
-    else:
-        if issubclass(scheme, PerDatapointLatents):  # svi's (mu, log sigma^2), map's z, per image
-            resident.append(Term("the per-datapoint latents with two optimizer moments",
-                                 3 * 2 * _latent_dim(cfg) * FLOAT * shape.train,
-                                 ("data.subsample",)))
-        peaks.append(Term("a training step's activations",
-                          batch * (act.encode(True) + mc * act.decode(True)),
-                          ("train.batch_size",) + (("inference.mc_samples",) if mc > 1 else ())
-                          + _prior_keys(act)))
+    training = scheme.memory_terms(cfg.inference.params, cfg, shape, act)
+    resident += training.resident
+    peaks = list(training.peaks)
     if shape.val and scheme.validation_metrics:
         # through the encoder, or (no encoder) latents fitted by gradient steps
         fitted = not issubclass(scheme, AmortizedPosterior)
@@ -206,42 +130,16 @@ def estimate(cfg: Config, shape: DataShape, activations: Activations | None = No
                       cfg.logging.num_images * (act.encode(False) + act.decode(False)),
                       ("logging.num_images",)))
     for i, task in enumerate(cfg.evaluate):
-        peaks.append(_task_peak(i, task, shape, act))
+        peaks.append(task_peak(i, task, shape, act))
     return Estimate(runtime, tuple(t for t in resident if t.bytes), tuple(peaks))
 
 
-def _task_peak(i: int, task, shape: DataShape, act: Activations) -> Term:
-    """An evaluation task's batch, read from its keys: ``batch_size`` (or ``num_images``)
-    images at once, times ``samples``/``mc_samples`` decoder passes, with a backward pass if
-    the task optimises (``steps``); a task with none of these keys runs no network (curves)."""
-    p = task.params
-    images = (getattr(p, "batch_size", None) or getattr(p, "num_images", None)
-              or getattr(p, "max_images", None) or 0)  # none of them: no network passes (curves)
-    generated = int(getattr(p, "num_samples", None) or 0)  # images a task generates (FID)
-    images = min(int(images), max(shape.train, shape.val, shape.test, generated))
-    samples = int(getattr(p, "samples", None) or getattr(p, "mc_samples", None) or 1)
-    backward = bool(getattr(p, "steps", None))
-    keys = tuple(f"evaluate.{i}.{key}" for key in ("batch_size", "num_images", "samples")
-                 if getattr(p, key, None))
-    if hasattr(p, "peak_decoder_passes"):  # a task that says how it decodes (log_likelihood)
-        samples, backward, sample_keys = p.peak_decoder_passes()
-        keys = tuple(k for k in keys if not k.endswith(".samples")) + tuple(
-            f"evaluate.{i}.{key}" for key in sample_keys)
-    if generated:
-        keys += (f"evaluate.{i}.num_samples",)
-    keys += _prior_keys(act)
-    return Term(f"evaluation task {task.name!r}",
-                images * (act.encode(backward) + samples * act.decode(backward))
-                + generated * shape.image_bytes, keys)
-
-
-def _prior_keys(act: Activations) -> tuple[str, ...]:
-    """The prior's section, where its log density outweighs the decoder's (a large mixture)."""
-    return ("model.prior",) if act.prior > act.decoder else ()
-
-
-def _latent_dim(cfg: Config) -> int:
-    return int(getattr(cfg.model.prior.params, "dim"))
+def task_peak(i: int, task: Component, shape: DataShape, act: Activations) -> Term:
+    """``[[evaluate]]`` entry ``i``'s peak, as its config declares it (``TaskConfig.peak``),
+    its keys as ``--set`` paths, with the prior's where it outweighs the decoder."""
+    size, keys = task.params.peak(shape, act)
+    return Term(f"evaluation task {task.name!r}", size,
+                tuple(f"evaluate.{i}.{key}" for key in keys) + act.prior_keys())
 
 
 def _parameter_bytes(cfg: Config, shape: DataShape) -> int:

@@ -1,5 +1,6 @@
 """The vocabulary config classes are written in: a setting (a key with its help and allowed
-values), a chosen component, a component without keys.
+values), a chosen component, a component without keys, the protocol of an evaluation
+task's config.
 
 The ground floor: it imports nothing of tfgen's, so every layer may use it.  Every section of
 :mod:`tfgen.config` and every component's config class (a likelihood's, a scheme's, a task's)
@@ -10,7 +11,7 @@ TOML file, and a key that names a registry entry (``registry="networks"``) is pa
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str = "",
@@ -44,3 +45,34 @@ class Component:
 @dataclasses.dataclass
 class Empty:
     """Config of a component that takes no keys."""
+
+
+class TaskConfig:
+    """The base of every evaluation task's config: what a task states about itself, so that
+    adding a task is its own module (its config and its function, registered with
+    ``@EVALUATIONS.register(name, config=...)``) and nothing elsewhere in tfgen.
+
+    * ``key_settings`` -- the settings a result of ``tfgen eval`` / ``tfgen complete`` is keyed
+      with in metrics.json even at their defaults (every other setting when changed);
+    * ``check(cfg)`` -- load-time checks (what it needs of the scheme and of the likelihood:
+      ``require`` of :mod:`tfgen.inference.capabilities` and
+      :mod:`tfgen.models.likelihood_capabilities`, with the key ``evaluate`` or
+      ``evaluate.<key>``, which the errors name as ``evaluate[i]...``);
+    * ``check_data(cfg, data)`` -- checks that need the images (before a run directory exists);
+    * ``peak(shape, act)`` -- its largest transient memory (required: the memory estimate,
+      :mod:`tfgen.resources`, counts it), ``(bytes, its own keys that shrink it)``, from the
+      data's :class:`tfgen.footprint.DataShape` and the networks' per-example
+      :class:`tfgen.footprint.Activations` (:func:`tfgen.footprint.batch_bytes` for a batch).
+    """
+
+    key_settings: ClassVar[tuple[str, ...]] = ()
+
+    def check(self, cfg) -> None:
+        """Load-time checks across sections (none by default)."""
+
+    def check_data(self, cfg, data) -> None:
+        """Checks that need the loaded images (none by default)."""
+
+    def peak(self, shape, act) -> tuple[int, tuple[str, ...]]:
+        raise NotImplementedError(f"{type(self).__name__} declares no peak (TaskConfig.peak)")
+

@@ -44,11 +44,14 @@ import tensorflow as tf
 from tfgen import figures
 from tfgen.errors import ConfigError
 from tfgen.evaluation.tasks import EvalContext, SplitName, task_key
+from tfgen.footprint import batch_bytes
 from tfgen.inference.capabilities import AmortizedPosterior
 from tfgen.inference.fitting import FitConfig, FitResult, LatentFitter
 from tfgen.inference.latents import LatentOptimizerConfig
+from tfgen.models import likelihood_capabilities
+from tfgen.models.likelihood_capabilities import Factorized
 from tfgen.registry import EVALUATIONS
-from tfgen.schema import setting
+from tfgen.schema import TaskConfig, setting
 
 MaskKind = Literal["center", "left_half", "right_half", "top_half", "bottom_half", "random", "file"]
 Fill = Literal["mean", "sample"]
@@ -261,7 +264,7 @@ FILL_HELP = ("hidden pixels from p(y_H | z): its mean, or a sample (for svi / en
 
 
 @dataclasses.dataclass
-class FittedImagesConfig:
+class FittedImagesConfig(TaskConfig):
     """The keys of ``reconstruct_without_encoder`` (the 2AMU20 VAE assignment, task 4a), and what
     the completion tasks add their masks to."""
 
@@ -283,14 +286,18 @@ class FittedImagesConfig:
 
     def check(self, cfg):
         key = task_key(cfg, self)
+        # the fit's objective is the observed pixels' marginal (module docstring)
+        likelihood_capabilities.require(cfg, Factorized, f"{key}.task", f"task {self.task!r}",
+                                        given=self.task,
+                                        alternative="drop this [[evaluate]] entry")
         if not getattr(cfg.data, f"{self.split}_split"):
             raise ConfigError(cfg.source_file, f"{key}.split",
                               f"task {self.task!r} uses the {self.split} split, but "
                               f"data.{self.split}_split is empty", self.split, "a configured split")
         self.fit.check(cfg, f"{key}.fit")
 
-    def check_data(self, cfg, data) -> None:
-        """Checks that need the images' size (before a run directory exists)."""
+    def peak(self, shape, act):
+        return batch_bytes(shape, act, self.num_images), ("num_images",)
 
     def label(self) -> str:
         return self.label_format.format(task=self.task, method=self.fit.method, fill=self.fill,

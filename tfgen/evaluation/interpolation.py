@@ -41,7 +41,8 @@ from tfgen.evaluation.latent_selection import (Source, SourceSplit, check_source
 from tfgen.evaluation.tasks import EvalContext, task_key
 from tfgen.inference.capabilities import DecoderLikelihood, require
 from tfgen.registry import EVALUATIONS
-from tfgen.schema import setting
+from tfgen.footprint import UNCOUNTED
+from tfgen.schema import TaskConfig, setting
 
 tfd = tfp.distributions
 
@@ -81,7 +82,7 @@ def interpolate(a, b, steps: int, kind: str) -> np.ndarray:
 # --------------------------------------------------------------------------- interpolation
 
 @dataclasses.dataclass
-class InterpolationConfig:
+class InterpolationConfig(TaskConfig):
     prefer_latents: ClassVar[bool] = False
     source: Source = source_field("encoder, else posterior")
     split: SourceSplit = split_field()
@@ -103,6 +104,9 @@ class InterpolationConfig:
             if len(pair) != 2:
                 raise ConfigError(cfg.source_file, f"{task_key(cfg, self)}.pairs[{i}]",
                                   "a pair is two image indices", pair, "[i, j]")
+
+    def peak(self, shape, act):
+        return UNCOUNTED  # num_pairs x steps latents decoded
 
     def check_data(self, cfg, data) -> None:
         """The pairs' indices exist in the split (before a run directory exists)."""
@@ -158,7 +162,7 @@ def interpolation_task(params: InterpolationConfig, ctx: EvalContext) -> dict:
 # --------------------------------------------------------------------------- manifold grid
 
 @dataclasses.dataclass
-class ManifoldGridConfig:
+class ManifoldGridConfig(TaskConfig):
     size: int = setting(20, at_least=2, at_most=100, help="latents per side")
     margin: float = setting(0.05, above=0.0, at_most=0.49, help="the grid's quantiles run from "
                                                                 "margin to 1 - margin (0 and 1 are "
@@ -174,6 +178,9 @@ class ManifoldGridConfig:
                               f"latent dimension is {d} (for d > 2, 'latent_scatter' draws the "
                               f"latents' PCA plane and 'interpolation' decodes paths)",
                               "manifold_grid", "model.prior.dim = 2")
+
+    def peak(self, shape, act):
+        return UNCOUNTED  # size^2 latents decoded
 
 
 def prior_quantile_grid(prior_distribution, size: int, margin: float) -> np.ndarray:

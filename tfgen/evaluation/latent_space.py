@@ -24,7 +24,8 @@ from tfgen.evaluation.latent_selection import (Latents, Source, SourceSplit, che
                                                select_latents, source_field, split_field)
 from tfgen.evaluation.tasks import EvalContext, task_key
 from tfgen.registry import EVALUATIONS
-from tfgen.schema import setting
+from tfgen.footprint import UNCOUNTED
+from tfgen.schema import TaskConfig, setting
 
 
 def split_latents(ctx: EvalContext, params, num_points: int) -> Latents:
@@ -41,7 +42,7 @@ DESCRIPTION = {"encoder": "encoder means", "posterior": "posterior means (q fitt
 
 
 @dataclasses.dataclass
-class LatentScatterConfig:
+class LatentScatterConfig(TaskConfig):
     prefer_latents: ClassVar[bool] = True
     source: Source = source_field()
     split: SourceSplit = split_field()
@@ -56,6 +57,9 @@ class LatentScatterConfig:
             raise ConfigError(cfg.source_file, f"{task_key(cfg, self)}.task", "task "
                               "'latent_scatter' draws a plane and needs d >= 2",
                               latent_dim(cfg), "model.prior.dim >= 2")
+
+    def peak(self, shape, act):
+        return UNCOUNTED  # num_points images encoded
 
 
 @EVALUATIONS.register("latent_scatter", config=LatentScatterConfig)
@@ -96,7 +100,7 @@ CHECKPOINT_NAME = "embeddings"
 
 
 @dataclasses.dataclass
-class EmbeddingProjectorConfig:
+class EmbeddingProjectorConfig(TaskConfig):
     prefer_latents: ClassVar[bool] = True
     source: Source = source_field()
     split: SourceSplit = split_field()
@@ -106,6 +110,9 @@ class EmbeddingProjectorConfig:
 
     def check(self, cfg):
         check_source(cfg, self, "embedding_projector")
+
+    def peak(self, shape, act):
+        return UNCOUNTED  # num_points images encoded
 
 
 class ProjectorFiles(NamedTuple):

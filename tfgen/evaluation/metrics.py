@@ -6,8 +6,9 @@ generative models", sec. 3.1) divide by the number of dimensions D = H W C:
 
     bits/dim = -log p(y) / (D ln 2).
 
-* Bernoulli (binarized pixels) and Categorical (pixels in k bins) likelihoods give
-  probabilities of the discrete images: ``bits_per_dim`` is that number, directly.
+* Bernoulli (binarized pixels), Categorical (pixels in k bins), discretized logistic mixture
+  and PixelCNN likelihoods give probabilities of the discrete images (they are ``Discrete``,
+  :mod:`tfgen.models.likelihood_capabilities`): ``bits_per_dim`` is that number, directly.
 * Normal and Beta likelihoods give densities of continuous pixel values (Normal: on the data's
   pixel range, [0, 1] or [-1, 1]; Beta: on pixels rescaled to [0, 1]).  A density can exceed 1
   and its bits/dim can be negative; it depends on the pixel scale and is not comparable with
@@ -35,32 +36,27 @@ import math
 
 import numpy as np
 
+from tfgen.models.likelihood_capabilities import Discrete
 
-def bits_per_dim(result: dict, likelihood, image_shape, pixel_range,
-                 eight_bit: bool, discrete: bool | None = None) -> dict[str, float]:
+
+def bits_per_dim(result: dict, likelihood, image_shape, eight_bit: bool,
+                 discrete: bool | None = None) -> dict[str, float]:
     """The bits-per-dimension figures of a :func:`tfgen.inference.estimators.summary` (module
-    docstring): ``bits_per_dim`` for a discrete likelihood, else ``bits_per_dim_density``
-    and, for 8-bit data (``eight_bit``), ``bits_per_dim_8bit``; each with its standard error.  ``discrete``
-    overrides what the likelihood says (a model whose log-likelihood is of the discrete
-    image without a pixel likelihood, e.g. a dequantized flow)."""
-    from tfgen.models.likelihoods import (BernoulliLikelihood, BetaLikelihood,
-                                          CategoricalLikelihood,
-                                          DiscretizedLogisticMixtureLikelihood,
-                                          PixelCNNLikelihood)
-
+    docstring): ``bits_per_dim`` for a :class:`~tfgen.models.likelihood_capabilities.Discrete`
+    likelihood, else ``bits_per_dim_density`` and, for 8-bit data (``eight_bit``),
+    ``bits_per_dim_8bit`` (from the likelihood's ``density_width()``); each with its standard
+    error.  ``discrete`` overrides what the likelihood says (a model whose log-likelihood is
+    of the discrete image without a pixel likelihood, e.g. a dequantized flow)."""
     per_nat = 1.0 / (math.prod(image_shape) * math.log(2.0))
     bits = -result["log_likelihood"] * per_nat
     stderr = result["log_likelihood_stderr"] * per_nat
     if discrete is None:
-        discrete = isinstance(likelihood, (BernoulliLikelihood, CategoricalLikelihood,
-                                           DiscretizedLogisticMixtureLikelihood,
-                                           PixelCNNLikelihood))
+        discrete = isinstance(likelihood, Discrete)
     if discrete:
         return {"bits_per_dim": bits, "bits_per_dim_stderr": stderr}
     out = {"bits_per_dim_density": bits, "bits_per_dim_density_stderr": stderr}
     if eight_bit:
-        width = 1.0 if isinstance(likelihood, BetaLikelihood) else pixel_range[1] - pixel_range[0]
-        out["bits_per_dim_8bit"] = bits + math.log2(255.0 / width)
+        out["bits_per_dim_8bit"] = bits + math.log2(255.0 / likelihood.density_width())
         out["bits_per_dim_8bit_stderr"] = stderr
     return out
 

@@ -39,7 +39,8 @@ from tfgen.inference.capabilities import DecoderLikelihood, ImageSampler, has, r
 from tfgen.inference.samplers import GMMConfig, Sampler, check_sampler, sample_latents
 from tfgen.registry import EVALUATIONS
 from tfgen.runtime import compile_step
-from tfgen.schema import setting
+from tfgen.footprint import UNCOUNTED, batch_bytes
+from tfgen.schema import TaskConfig, setting
 
 Features = Literal["classifier", "inception"]
 
@@ -61,7 +62,7 @@ def check_classifier_data(cfg: Config, classifier: ClassifierConfig, key: str) -
 # --------------------------------------------------------------------------- sample_quality
 
 @dataclasses.dataclass
-class SampleQualityConfig:
+class SampleQualityConfig(TaskConfig):
     sampler: Sampler = setting("prior", help="where the latents come from: the prior, a Gaussian "
                                              "(particle_gaussian) or a mixture (gmm) fitted to "
                                              "the training latents")
@@ -112,6 +113,11 @@ class SampleQualityConfig:
                                   f"{', '.join(gone)}", self.features,
                                   f"'classifier', or `{inception.INSTALL}` "
                                   "(or inception_python = an interpreter that has it)")
+
+    def peak(self, shape, act):
+        """``batch_size`` images decoded at once, and the ``num_samples`` generated ones kept."""
+        return (batch_bytes(shape, act, self.batch_size, generated=self.num_samples),
+                ("batch_size", "num_samples"))
 
 
 def shown(params: SampleQualityConfig, data) -> str:
@@ -200,11 +206,14 @@ def sample_quality_task(params: SampleQualityConfig, ctx: EvalContext) -> dict:
 # --------------------------------------------------------------------------- feature_classifier
 
 @dataclasses.dataclass
-class FeatureClassifierTaskConfig:
+class FeatureClassifierTaskConfig(TaskConfig):
     classifier: ClassifierConfig = setting(factory=ClassifierConfig)
 
     def check(self, cfg: Config) -> None:
         check_classifier_data(cfg, self.classifier, f"{task_key(cfg, self)}.classifier")
+
+    def peak(self, shape, act):
+        return UNCOUNTED  # the classifier's training batches
 
 
 @EVALUATIONS.register("feature_classifier", config=FeatureClassifierTaskConfig)

@@ -1,4 +1,7 @@
-"""The evaluation tasks.  Each returns its metrics (merged into metrics.json) and writes figures."""
+"""The evaluation tasks.  Each returns its metrics (merged into metrics.json) and writes figures.
+
+A task is its config (a :class:`tfgen.schema.TaskConfig`: its keys, checks, data needs and
+memory peak) and its function, registered together with ``@EVALUATIONS.register``."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,6 +16,7 @@ from tfgen.data import DataBundle, Split
 from tfgen.errors import ConfigError
 from tfgen.evaluation.ais import AISSettings, ais_log_likelihood
 from tfgen.evaluation.metrics import bits_per_dim, is_8bit
+from tfgen.footprint import batch_bytes
 from tfgen.inference.base import PosteriorEstimates
 from tfgen.inference.capabilities import ExactLogLikelihood, LogLikelihood, Posterior, require
 from tfgen.inference.estimators import mean_elbo, mean_log_likelihood, per_image, summary
@@ -20,7 +24,7 @@ from tfgen.inference.grids import SamplesConfig, reconstruction_grid, sample_gri
 from tfgen.inference.proposals import Proposal
 from tfgen.registry import EVALUATIONS
 from tfgen.runtime import compile_step
-from tfgen.schema import setting
+from tfgen.schema import TaskConfig, setting
 
 SplitName = Literal["train", "val", "test"]
 
@@ -76,7 +80,7 @@ def _needs(cfg: Config, capability, task: str) -> None:
 # --------------------------------------------------------------------------- ELBO
 
 @dataclasses.dataclass
-class ElboTaskConfig:
+class ElboTaskConfig(TaskConfig):
     split: SplitName = setting("test")
     mc_samples: int = setting(1, at_least=1, at_most=10000)
     batch_size: int = setting(500, at_least=1)
@@ -85,6 +89,9 @@ class ElboTaskConfig:
 
     def check(self, cfg):
         _needs(cfg, Posterior, "elbo")
+
+    def peak(self, shape, act):
+        return batch_bytes(shape, act, self.batch_size, self.mc_samples), ("batch_size",)
 
 
 @EVALUATIONS.register("elbo", config=ElboTaskConfig)
@@ -99,7 +106,7 @@ def elbo_task(params: ElboTaskConfig, ctx: EvalContext) -> dict:
 # --------------------------------------------------------------------------- log-likelihood
 
 @dataclasses.dataclass
-class LogLikelihoodConfig:
+class LogLikelihoodConfig(TaskConfig):
     split: SplitName = setting("test")
     estimator: Literal["is", "ais", "exact"] = setting(
         "is", help="is: importance sampling with K = `samples` draws of `proposal` (Burda et "
@@ -142,15 +149,18 @@ class LogLikelihoodConfig:
     def proposal_spec(self) -> Proposal:
         return Proposal(self.proposal, float(self.proposal_df), float(self.proposal_scale))
 
-    def peak_decoder_passes(self) -> tuple[int, bool, tuple[str, ...]]:
-        """Decoder passes per image at once, whether with a backward pass, and the keys that
-        set them (for tfgen.resources): ais runs all chains with gradients; is decodes at most
-        ``IMPORTANCE_CHUNK`` samples at a time."""
+    def peak(self, shape, act):
+        """``batch_size`` images at once: ais runs all its chains with gradients; is decodes at
+        most ``IMPORTANCE_CHUNK`` samples at a time (more cost time, not memory)."""
         if self.estimator == "ais":
-            return self.ais_chains, True, ("ais_chains",)
-        if self.estimator == "exact":
-            return 1, False, ()
-        return min(self.samples, PosteriorEstimates.IMPORTANCE_CHUNK), False, ("samples",)
+            samples, backward, keys = self.ais_chains, True, ("ais_chains",)
+        elif self.estimator == "exact":
+            samples, backward, keys = 1, False, ()
+        else:
+            samples, backward, keys = (min(self.samples, PosteriorEstimates.IMPORTANCE_CHUNK),
+                                       False, ("samples",))
+        return (batch_bytes(shape, act, self.batch_size, samples, backward),
+                ("batch_size",) + keys)
 
 
 @EVALUATIONS.register("log_likelihood", config=LogLikelihoodConfig)
@@ -192,7 +202,6 @@ def log_likelihood_task(params: LogLikelihoodConfig, ctx: EvalContext) -> dict:
         suffix = "_ais"
     used = split.images[:result["images"]]
     result.update(bits_per_dim(result, ctx.model.likelihood, ctx.data.image_shape,
-                               ctx.data.pixel_range,
                                is_8bit(ctx.cfg.data, used, ctx.data.pixel_range),
                                getattr(ctx.scheme, "discrete_log_likelihood", None)))
     named = {}
@@ -207,13 +216,16 @@ def log_likelihood_task(params: LogLikelihoodConfig, ctx: EvalContext) -> dict:
 # --------------------------------------------------------------------------- figures
 
 @dataclasses.dataclass
-class ReconstructionsConfig:
+class ReconstructionsConfig(TaskConfig):
     split: SplitName = setting("test")
     num_images: int = setting(32, at_least=1, at_most=512)
     ncols: int = setting(8, at_least=1, at_most=64)
 
     def check(self, cfg):
         _needs(cfg, Posterior, "reconstructions")
+
+    def peak(self, shape, act):
+        return batch_bytes(shape, act, self.num_images), ("num_images",)
 
 
 @EVALUATIONS.register("reconstructions", config=ReconstructionsConfig)
@@ -242,8 +254,16 @@ CURVE_LABELS = {"elbo": "ELBO (nats / image)", "reconstruction": "E_q[log p(y|z)
                 "kl": "KL(q || p) (nats / image)", "loss": "loss"}
 
 
-@EVALUATIONS.register("curves")
-def curves_task(params, ctx: EvalContext) -> dict:
+@dataclasses.dataclass
+class CurvesConfig(TaskConfig):
+    """No keys; plots the history, runs no network."""
+
+    def peak(self, shape, act):
+        return 0, ()
+
+
+@EVALUATIONS.register("curves", config=CurvesConfig)
+def curves_task(params: CurvesConfig, ctx: EvalContext) -> dict:
     """Per-epoch training and validation curves of every metric the scheme reports, as PNG plots
     (``<metric>_curves.png``: train and validation on one plot)."""
     metrics = sorted({key.split("_", 1)[1] for record in ctx.history for key in record

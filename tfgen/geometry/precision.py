@@ -41,6 +41,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfgen.models.kmeans import kmeans
+from tfgen.models.likelihood_capabilities import Factorized, HasMeanStddev
 from tfgen.models.likelihoods import Likelihood
 from tfgen.models.model import GenerativeModel
 from tfgen.runtime import compile_step
@@ -193,7 +194,7 @@ class PrecisionDecoder(tf.Module):
                           tf.concat([tf.shape(raw_loc)[:-1], [2 * raw_loc.shape[-1]]], 0))
 
 
-class StddevNormal(Likelihood):
+class StddevNormal(Likelihood, Factorized, HasMeanStddev):
     """N(mean, sigma^2) per pixel, with the raw mean (through the base Normal's activation) and
     sigma itself in the decoder output: the likelihood of :class:`PrecisionDecoder`."""
 

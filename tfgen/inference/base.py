@@ -9,7 +9,8 @@ the replica's images; gradients are of sums over them divided by the global batc
 that the optimizers' all-reduce gives the global mean; noise comes from ``batch``).  What else it can do it declares by inheriting the
 interfaces of :mod:`tfgen.inference.capabilities`; which metrics it reports on the
 validation split, and which one early stopping watches, it names itself
-(``validation_metrics``, ``monitor``).
+(``validation_metrics``, ``monitor``); what its training holds in memory, too
+(:meth:`Scheme.memory_terms`, summed by the estimate of :mod:`tfgen.resources`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tfgen.data import DataBundle, Split
 from tfgen.distribute import (ReplicaBatch, ReplicaLayout, single_replica_batch, step_seed,
                               transform_noise)
 from tfgen.errors import ConfigError
+from tfgen.footprint import Activations, DataShape, MemoryTerms, Term
 from tfgen.inference.capabilities import (DecoderLikelihood, ExactLogLikelihood, LatentSampler,
                                           LogLikelihood, Posterior)
 from tfgen.inference import proposals
@@ -98,6 +100,28 @@ class Scheme(tf.Module):
                               f"stop on", cfg.train.early_stopping.patience,
                               "0 (or data.val_split = '' to stop on the training "
                               f"{cls.monitor})")
+
+    @classmethod
+    def memory_terms(cls, params, cfg: Config, shape: DataShape,
+                     act: Activations) -> MemoryTerms:
+        """What training holds beyond the data and the parameters (resident), and the peaks
+        of its step, on data of ``shape`` with per-example activations ``act``
+        (:mod:`tfgen.footprint`); the estimate adds the data, the parameters, validation,
+        the image summaries and the evaluation tasks.  By default: ``train.batch_size``
+        images through the encoder (if any) and :meth:`decoder_passes` decoder passes, with
+        the backward pass.  A scheme that keeps state per image or decodes more at once
+        (PGA's particle cloud and update) overrides it."""
+        batch = min(cfg.train.batch_size, shape.train)
+        passes, pass_keys = cls.decoder_passes(params)
+        return MemoryTerms(peaks=(Term(
+            "a training step's activations",
+            batch * (act.encode(True) + passes * act.decode(True)),
+            ("train.batch_size",) + (pass_keys if passes > 1 else ()) + act.prior_keys()),))
+
+    @classmethod
+    def decoder_passes(cls, params) -> tuple[int, tuple[str, ...]]:
+        """Decoder passes per image in a training step, and the keys that set them."""
+        return 1, ()
 
     # ---- to implement
     def replica_step(self, images: tf.Tensor, indices: tf.Tensor,

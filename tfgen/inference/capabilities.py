@@ -4,7 +4,8 @@ A scheme class inherits the interfaces it implements; nothing defaults to yes.  
 evaluation task, a sampler or a test-time method that needs one names it with
 :func:`require`, which runs at config load time, so a config asking for something the
 scheme cannot do is refused before anything is built, naming both sides (the task and the
-scheme) and the schemes that would do.
+scheme) and the schemes that would do (the mechanism, shared with likelihoods:
+:mod:`tfgen.capability`).
 
 * :class:`DecoderLikelihood` -- a decoder and a likelihood p_theta(y | z): log densities of
   images, decoded means, test-time fitting of latents.
@@ -27,14 +28,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfgen.errors import ConfigError
+from tfgen import capability
+from tfgen.capability import AnyOf, Capability
 from tfgen.registry import SCHEMES
-
-
-class Capability:
-    """Base of the capability interfaces; ``description`` is what error messages call it."""
-
-    description = "a capability"
 
 
 class DecoderLikelihood(Capability):
@@ -121,18 +117,6 @@ class ImageSampler(Capability):
         raise NotImplementedError
 
 
-class AnyOf(type):
-    """Metaclass of a capability that a scheme has when it has any one of ``members``."""
-
-    members: tuple = ()
-
-    def __subclasscheck__(cls, subclass) -> bool:
-        return any(issubclass(subclass, member) for member in cls.members)
-
-    def __instancecheck__(cls, instance) -> bool:
-        return cls.__subclasscheck__(type(instance))
-
-
 class TrainingLatents(Capability, metaclass=AnyOf):
     """Latents of the training images: per-datapoint latents, or the encoder's means."""
 
@@ -140,34 +124,19 @@ class TrainingLatents(Capability, metaclass=AnyOf):
     members = (LatentCloud, AmortizedPosterior)
 
 
-def schemes_with(capability: type[Capability]) -> list[str]:
+def schemes_with(capability_: type[Capability]) -> list[str]:
     """Registered schemes that implement a capability (for error messages; a scheme with
     variants names the variants that do, e.g. "em (model = 'gmm')")."""
-    names = []
-    for e in SCHEMES.entries():
-        variants = getattr(e.factory, "variants", None)
-        if variants:
-            names += [f"{e.name} ({key} = {value!r})" for key, value, cls in variants()
-                      if issubclass(cls, capability)]
-        elif issubclass(e.factory, capability):
-            names.append(e.name)
-    return names
+    return capability.registered_with(SCHEMES, capability_)
 
 
-def has(cfg, capability: type[Capability]) -> bool:
-    return issubclass(SCHEMES.factory_for(cfg.inference), capability)
+def has(cfg, capability_: type[Capability]) -> bool:
+    return capability.has(SCHEMES, cfg.inference, capability_)
 
 
-def require(cfg, capability: type[Capability], key: str, needed_by: str, given=...,
+def require(cfg, capability_: type[Capability], key: str, needed_by: str, given=...,
             alternative: str = "") -> None:
     """Refuse, at load time, a config whose ``needed_by`` needs what the scheme lacks."""
-    if has(cfg, capability):
-        return
-    others = schemes_with(capability)
-    allowed = (f"inference.scheme = {' or '.join(repr(n) for n in others)}" if others
-               else "no registered scheme has it")
-    if alternative:
-        allowed = f"{alternative}, or {allowed}"
-    raise ConfigError(cfg.source_file, key, f"{needed_by} needs {capability.description}, which "
-                      f"scheme {cfg.inference.name!r} does not have",
-                      cfg.inference.name if given is ... else given, allowed)
+    capability.require(SCHEMES, cfg.inference, capability_, file=cfg.source_file, key=key,
+                       needed_by=needed_by, called="scheme", chosen_by="inference.scheme",
+                       given=given, alternative=alternative)

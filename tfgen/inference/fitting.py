@@ -18,8 +18,8 @@ every image gets its own latent state, fitted by minimising its own objective:
              the pixel range (no optimisation).
 
 log p(y_O | z) sums only the observed pixels' terms under the model's own likelihood
-(:meth:`tfgen.models.likelihoods.Likelihood.log_prob_observed`), so hidden pixels cannot
-change the objective.  All images of a chunk are fitted at once in one compiled
+(:meth:`tfgen.models.likelihood_capabilities.Factorized.log_prob_observed`), so hidden pixels
+cannot change the objective.  All images of a chunk are fitted at once in one compiled
 ``tf.while_loop``.  Each image has its own early-stopping state (the 2AMU20 VAE assignment, task 4a:
 patience on its own objective): it stops updating once its objective has not improved by
 ``min_delta`` for ``patience`` steps, and the loop ends when every image has stopped or

@@ -10,9 +10,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfgen import figures
+from tfgen.footprint import batch_bytes
 from tfgen.inference.capabilities import ImageSampler, has
 from tfgen.inference.samplers import Sampler, check_sampler, sample_latents
-from tfgen.schema import setting
+from tfgen.schema import TaskConfig, setting
 
 
 def reconstruction_grid(scheme, images, ncols, pixel_range) -> np.ndarray:
@@ -22,7 +23,7 @@ def reconstruction_grid(scheme, images, ncols, pixel_range) -> np.ndarray:
 
 
 @dataclasses.dataclass
-class SamplesConfig:
+class SamplesConfig(TaskConfig):
     """A grid of samples (the ``samples`` task's settings)."""
 
     num_images: int = setting(64, at_least=1, at_most=1024)
@@ -34,6 +35,9 @@ class SamplesConfig:
 
     def check(self, cfg):
         check_samples(cfg, self.sampler, "evaluate.sampler")
+
+    def peak(self, shape, act):
+        return batch_bytes(shape, act, self.num_images), ("num_images",)
 
 
 def check_samples(cfg, sampler: str, key: str) -> None:
@@ -55,6 +59,9 @@ def draw_images(scheme, num: int, sampler: str, show: str, seed: int) -> np.ndar
     lik = scheme.model.likelihood
     images = lik.mean(out) if show == "mean" else lik.sample(out, seed=tf.constant([seed, 1]))
     return np.asarray(images)
+
+    def peak(self, shape, act):
+        return batch_bytes(shape, act, self.num_images), ("num_images",)
 
 
 def sample_grid(scheme, params: SamplesConfig, seed: int, pixel_range) -> np.ndarray:

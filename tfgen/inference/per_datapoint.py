@@ -60,11 +60,13 @@ import tensorflow as tf
 
 from tfgen import figures
 from tfgen.distribute import ReplicaBatch, transform_noise
+from tfgen.footprint import MemoryTerms, Term, latent_dim
 from tfgen.inference import kernels
 from tfgen.inference.base import Scheme, make_optimizer, scaled_gradients, with_loss_scaling
 from tfgen.inference.capabilities import PerDatapointLatents
 from tfgen.inference.fitting import FitConfig, FittedPosterior, LatentFitter, check_posterior_fit
 from tfgen.inference.latents import LatentOptimizerConfig, LatentTable
+from tfgen.memory import FLOAT
 from tfgen.schema import setting
 
 
@@ -134,6 +136,15 @@ class PerDatapointScheme(Scheme, PerDatapointLatents, FittedPosterior):
                                    params.latent_optimizer, name=self.table_name)
         self.optimizer = with_loss_scaling(make_optimizer(cfg.train), cfg)
         self.optimizer.build(model.theta)
+
+    @classmethod
+    def memory_terms(cls, params, cfg, shape, act) -> MemoryTerms:
+        """The base's training step, and the table: svi's (mu, log sigma^2), map's z per
+        training image, counted as 2 d floats, with two optimizer moments each."""
+        base = super().memory_terms(params, cfg, shape, act)
+        table = Term("the per-datapoint latents with two optimizer moments",
+                     3 * 2 * latent_dim(cfg) * FLOAT * shape.train, ("data.subsample",))
+        return MemoryTerms(base.resident + (table,), base.peaks)
 
     # ---- to implement
     def initial_rows(self, params, model, seed: tf.Tensor) -> tf.Tensor:

@@ -59,6 +59,7 @@ import tf_keras as keras
 from tfgen import figures
 from tfgen.distribute import (SALT_LANGEVIN, SALT_TRANSFORM_ROWS, ReplicaBatch, ShardedRows,
                               fold_seed, transform_noise)
+from tfgen.footprint import MemoryTerms, Term, latent_dim
 from tfgen.inference import kernels
 from tfgen.inference.base import Scheme, scaled_gradients, with_loss_scaling
 from tfgen.inference.capabilities import PerDatapointLatents
@@ -66,6 +67,7 @@ from tfgen.inference.fitting import (FitConfig, FittedPosterior, check_posterior
                                      posterior_fit_field)
 from tfgen.inference.grids import SamplesConfig, sample_grid
 from tfgen.inference.latents import LatentTable
+from tfgen.memory import FLOAT
 from tfgen.registry import SCHEMES
 from tfgen.schema import setting
 
@@ -135,6 +137,29 @@ class PGA(Scheme, PerDatapointLatents, FittedPosterior):
             # Keras adds epsilon inside the square root: sqrt(v + eps^2) ~ sqrt(v) + eps (PyTorch)
             epsilon=params.rmsprop_epsilon ** 2), cfg)
         self.theta_optimizer.build(model.theta)
+
+    @classmethod
+    def memory_terms(cls, params: PGAConfig, cfg, shape, act) -> MemoryTerms:
+        """The particle cloud [M, N, d] and the training images on the device, held for the
+        run; the theta gradient's batch of N particles per image, and the particle update: the
+        activations of one chunk (or of the batch, ``particle_update = 'batch'``) of N
+        particles per image, with three more clouds of the moved rows (drift, noise, moved
+        cloud)."""
+        batch = min(cfg.train.batch_size, shape.train)
+        n, cloud_row = params.particles, params.particles * latent_dim(cfg) * FLOAT
+        every = params.particle_update == "all"
+        moved = shape.train if every else batch
+        chunk = min(params.chunk_size, shape.train) if every else batch
+        return MemoryTerms(
+            resident=(Term("the particle cloud", shape.train * cloud_row,
+                           ("inference.particles", "data.subsample")),
+                      Term("the training images on the device", shape.train * shape.image_bytes,
+                           ("data.subsample",))),
+            peaks=(Term("the theta gradient's activations", batch * n * act.decode(backward=True),
+                        ("train.batch_size", "inference.particles")),
+                   Term("the particle update (activations of one chunk, drift, noise, moved "
+                        "cloud)", chunk * n * act.decode(backward=True) + 3 * moved * cloud_row,
+                        ("inference.chunk_size", "inference.particles", "data.subsample"))))
 
     # ------------------------------------------------------------------ hyper-parameters
     def learning_rate_value(self, params: PGAConfig | None = None) -> float:

@@ -66,6 +66,10 @@ class SVI(PerDatapointScheme):
     monitor = "loss"  # -ELBO on the validation images
     table_name = "variational_params"
 
+    @classmethod
+    def decoder_passes(cls, params: SVIConfig):
+        return params.mc_samples, ("inference.mc_samples",)
+
     def initial_rows(self, params: SVIConfig, model, seed):
         mean = self.initial_latents(params, model, seed)
         return tf.concat([mean, tf.fill(tf.shape(mean), params.init_log_variance)], axis=-1)

@@ -41,6 +41,10 @@ class VAE(Scheme, AmortizedPosterior, PosteriorEstimates):
     # -ELBO: the 2AMU20 VAE assignment's task 1c stops early on the negative ELBO
     monitor = "loss"
 
+    @classmethod
+    def decoder_passes(cls, params: VAEConfig):
+        return params.mc_samples, ("inference.mc_samples",)
+
     def __init__(self, params: VAEConfig, model, data, cfg, generator, strategy):
         super().__init__(params, model, data, cfg, generator, strategy)
         d = model.latent_dim

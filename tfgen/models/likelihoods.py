@@ -10,6 +10,12 @@ the 2AMU20 VAE assignment, task 2).  Losses and estimators only ever call ``log_
 Images reach a likelihood in the data's pixel range ([0,1] or [-1,1]);
 :meth:`Likelihood.targets` maps them into the distribution's support (bin
 indices for the Categorical, a clipped open interval for the Beta).
+
+What else a likelihood can do it declares by inheriting the interfaces of
+:mod:`tfgen.models.likelihood_capabilities` (``Discrete``, ``Factorized``,
+``HasMeanStddev``), which evaluation tasks ``require``; what it needs of the data it checks
+in its config's ``check(cfg)``, and a data key it derives (the Categorical's ``data.bins``)
+it declares in its config's ``data_defaults()``, which :mod:`tfgen.assemble` applies.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfgen.errors import ConfigError
+from tfgen.models.likelihood_capabilities import Discrete, Factorized, HasMeanStddev
 from tfgen.models.pixelcnn import PixelCNNConfig, build_pixelcnn, int_seed, levels_of
 from tfgen.registry import LIKELIHOODS
 from tfgen.schema import setting
@@ -31,10 +38,6 @@ class Likelihood(tf.Module):
     """Base class.  Subclasses set ``params_per_channel`` and implement ``_pixel_distribution``."""
 
     params_per_channel = 1
-    #: whether sd(y_i | z) can change with z; False (a fixed or learned sigma) makes the second
-    #: term of the expected metric (Arvanitidis, Hansen & Hauberg 2018, Theorem 1) zero, and it is
-    #: skipped
-    stddev_varies = True
 
     def __init__(self, config, image_shape: tuple[int, int, int], pixel_range: tuple[float, float]):
         super().__init__(name=type(self).__name__)
@@ -61,16 +64,6 @@ class Likelihood(tf.Module):
         """log p(y | z) summed over pixels: shape = decoder_output's batch shape."""
         return self.distribution(decoder_output).log_prob(self.targets(images))
 
-    def log_prob_observed(self, decoder_output: tf.Tensor, images: tf.Tensor,
-                          observed: tf.Tensor) -> tf.Tensor:
-        """log p(y_O | z) = sum over observed pixels i in O of log p(y_i | z): the pixels are
-        conditionally independent given z, so marginalising the hidden ones drops their terms
-        (the 2AMU20 VAE assignment, task 4b).  ``observed`` [B, H, W] (1 = observed) applies to all
-        channels."""
-        per_pixel = self._pixel_distribution(decoder_output).log_prob(self.targets(images))
-        weights = tf.cast(observed, per_pixel.dtype)[..., None]
-        return tf.reduce_sum(per_pixel * weights, axis=[-3, -2, -1])
-
     def targets(self, images: tf.Tensor) -> tf.Tensor:
         return images
 
@@ -81,11 +74,10 @@ class Likelihood(tf.Module):
     def sample(self, decoder_output: tf.Tensor, seed=None) -> tf.Tensor:
         return self._pixel_distribution(decoder_output).sample(seed=seed)
 
-    def mean_stddev(self, decoder_output: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Per-pixel E[y_i | z] and sd(y_i | z), [..., H, W, C] each, in the data's pixel range
-        and differentiable in the decoder output: the mu and sigma of the expected metric
-        M = J_mu^T J_mu + J_sigma^T J_sigma (Arvanitidis, Hansen & Hauberg 2018, Theorem 1)."""
-        raise NotImplementedError
+    def density_width(self) -> float:
+        """The width of the pixel scale a density (not :class:`Discrete`) is on: the data's
+        pixel range (bits/dim of 8-bit data convert from it, :mod:`tfgen.evaluation.metrics`)."""
+        return self.high - self.low
 
     def _pixel_distribution(self, decoder_output):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -109,7 +101,7 @@ class NormalConfig:
 
 
 @LIKELIHOODS.register("normal", config=NormalConfig)
-class NormalLikelihood(Likelihood):
+class NormalLikelihood(Likelihood, Factorized, HasMeanStddev):
     """y_i | z ~ N(m_i(z), s_i^2), independent pixels (the 2AMU20 VAE assignment, task 1a; Kuntz et al. 2023, eq. (1))."""
 
     def __init__(self, config: NormalConfig, image_shape, pixel_range):
@@ -163,7 +155,7 @@ class BetaConfig:
 
 
 @LIKELIHOODS.register("beta", config=BetaConfig)
-class BetaLikelihood(Likelihood):
+class BetaLikelihood(Likelihood, Factorized, HasMeanStddev):
     """y_i | z ~ Beta(a_i(z), b_i(z)) on pixels rescaled to (0, 1) (the 2AMU20 VAE assignment, task 2b)."""
 
     params_per_channel = 2
@@ -174,6 +166,9 @@ class BetaLikelihood(Likelihood):
     def targets(self, images):
         eps = self.config.epsilon
         return tf.clip_by_value(self._unit(images), eps, 1.0 - eps)
+
+    def density_width(self) -> float:
+        return 1.0  # a density on the pixels rescaled to [0, 1]
 
     def _pixel_distribution(self, decoder_output):
         raw_a, raw_b = self._split(decoder_output)
@@ -197,10 +192,13 @@ class BetaLikelihood(Likelihood):
 class CategoricalConfig:
     bins: int = setting(4, at_least=2, at_most=256, help="k: pixel values are binned into k levels")
 
+    def data_defaults(self) -> dict[str, int]:
+        """Data keys this likelihood sets where the file leaves them at 0 (tfgen.assemble):
+        the sensible default is to bin the data as the likelihood does."""
+        return {"bins": self.bins}
+
     def check(self, cfg):
-        if cfg.data.bins == 0:
-            cfg.data.bins = self.bins  # the sensible default: bin the data as the likelihood does
-        elif cfg.data.bins != self.bins:
+        if cfg.data.bins != self.bins:
             raise ConfigError(cfg.source_file, "data.bins",
                               "must equal model.likelihood.bins for the Categorical likelihood",
                               cfg.data.bins, f"{self.bins} (or 0 to derive it)")
@@ -211,7 +209,7 @@ class CategoricalConfig:
 
 
 @LIKELIHOODS.register("categorical", config=CategoricalConfig)
-class CategoricalLikelihood(Likelihood):
+class CategoricalLikelihood(Likelihood, Discrete, Factorized, HasMeanStddev):
     """y_i | z ~ Cat(pi_i(z)) over k pixel bins, pi = softmax(logits) (the 2AMU20 VAE assignment, task 2c)."""
 
     def __init__(self, config: CategoricalConfig, image_shape, pixel_range):
@@ -266,7 +264,7 @@ class BernoulliConfig:
 
 
 @LIKELIHOODS.register("bernoulli", config=BernoulliConfig)
-class BernoulliLikelihood(Likelihood):
+class BernoulliLikelihood(Likelihood, Discrete, Factorized, HasMeanStddev):
     """y_i | z ~ Bernoulli(sigmoid(logit_i(z))) on binary images (the 2AMU20 VAE assignment, task 2d)."""
 
     def targets(self, images):
@@ -306,7 +304,7 @@ class DiscretizedLogisticMixtureConfig:
 
 
 @LIKELIHOODS.register("discretized_logistic_mixture", config=DiscretizedLogisticMixtureConfig)
-class DiscretizedLogisticMixtureLikelihood(Likelihood):
+class DiscretizedLogisticMixtureLikelihood(Likelihood, Discrete, Factorized):
     """y_i | z ~ sum_k pi_ik DiscretizedLogistic(mu_ik, s_ik) over ``levels`` pixel levels
     (Salimans, Karpathy, Chen & Kingma 2017, PixelCNN++, eq. (2)): the mass of level v is
     F(v + 1/2) - F(v - 1/2) for the logistic CDF F (in level units), with all the mass below
@@ -358,12 +356,6 @@ class DiscretizedLogisticMixtureLikelihood(Likelihood):
 
 # --------------------------------------------------------------------------- PixelCNN
 
-#: tasks that need p(y | z) to factorize over pixels (marginals of hidden pixels, or the
-#: per-pixel mean and sd of the expected metric), which an autoregressive likelihood lacks
-NEEDS_FACTORIZED = ("complete", "inpainting", "reconstruct_without_encoder", "metric_map",
-                    "geodesics", "random_walk", "geodesic_kmeans", "rbf_precision")
-
-
 @dataclasses.dataclass
 class PixelCNNLikelihoodConfig(PixelCNNConfig):
     conditional_channels: int = setting(1, at_least=1, at_most=64, help="maps per image channel "
@@ -375,22 +367,15 @@ class PixelCNNLikelihoodConfig(PixelCNNConfig):
         if binarized and self.levels != 2:
             raise ConfigError(cfg.source_file, "model.likelihood.levels", "binarized images "
                               "have 2 levels", self.levels, "2")
-        for i, task in enumerate(cfg.evaluate):
-            if task.name in NEEDS_FACTORIZED:
-                raise ConfigError(cfg.source_file, f"evaluate[{i}].task", f"task {task.name!r} "
-                                  "needs a likelihood that factorizes over pixels; the pixelcnn "
-                                  "likelihood is autoregressive", task.name,
-                                  "another task, or a per-pixel likelihood")
 
 
 @LIKELIHOODS.register("pixelcnn", config=PixelCNNLikelihoodConfig)
-class PixelCNNLikelihood(Likelihood):
+class PixelCNNLikelihood(Likelihood, Discrete):
     """p(y | z) = PixelCNN(y | h = decoder(z)) (van den Oord et al. 2016; tfd.PixelCNN with the
     decoder's output as global conditioning, :mod:`tfgen.models.pixelcnn`): autoregressive over
-    the pixels, so ``mean`` has no closed form (figures show a sample) and tasks that need
-    per-pixel factors are refused at load time."""
-
-    stddev_varies = True
+    the pixels, so ``mean`` has no closed form (figures show a sample), and it is neither
+    ``Factorized`` nor ``HasMeanStddev``: tasks that need per-pixel factors are refused at load
+    time."""
 
     def __init__(self, config: PixelCNNLikelihoodConfig, image_shape, pixel_range):
         super().__init__(config, image_shape, pixel_range)
@@ -406,9 +391,6 @@ class PixelCNNLikelihood(Likelihood):
         return self.pixelcnn.log_prob(self.targets(images), conditional_input=decoder_output,
                                       training=False)
 
-    def log_prob_observed(self, decoder_output, images, observed):
-        raise NotImplementedError("the pixelcnn likelihood has no per-pixel marginals")
-
     def sample(self, decoder_output, seed=None):
         lead = tf.shape(decoder_output)[:-3]
         flat = tf.reshape(decoder_output, [-1, *self.conditional_shape])
@@ -420,9 +402,6 @@ class PixelCNNLikelihood(Likelihood):
     def mean(self, decoder_output):
         """A sample (the autoregressive mean has no closed form): for figures only."""
         return self.sample(decoder_output, seed=0)
-
-    def mean_stddev(self, decoder_output):
-        raise NotImplementedError("the pixelcnn likelihood has no per-pixel mean and sd")
 
 
 def build_likelihood(component, image_shape, pixel_range) -> Likelihood:

@@ -9,11 +9,12 @@ import tensorflow as tf
 
 from tfgen.inference.capabilities import Posterior, require
 from tfgen.registry import EVALUATIONS
-from tfgen.schema import setting
+from tfgen.footprint import batch_bytes
+from tfgen.schema import TaskConfig, setting
 
 
 @dataclasses.dataclass
-class MeanPixelErrorConfig:
+class MeanPixelErrorConfig(TaskConfig):
     split: Literal["train", "val", "test"] = setting("test")
     num_images: int = setting(256, at_least=1, at_most=100000, help="the first N images of the split")
     batch_size: int = setting(64, at_least=1)
@@ -22,6 +23,10 @@ class MeanPixelErrorConfig:
         # checked when the config is loaded, like a built-in task's needs
         require(cfg, Posterior, "evaluate", "task 'mean_pixel_error'",
                 alternative="drop this [[evaluate]] entry")
+
+    def peak(self, shape, act):
+        # declared, as every task's: batch_size images through the encoder and the decoder at once
+        return batch_bytes(shape, act, self.batch_size), ("batch_size",)
 
 
 @EVALUATIONS.register("mean_pixel_error", config=MeanPixelErrorConfig)

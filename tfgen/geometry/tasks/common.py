@@ -21,6 +21,8 @@ from tfgen.geometry.precision import (RBFPrecision, RBFPrecisionConfig, fit_rbf_
                                       precision_model, squared_residuals)
 from tfgen.inference.capabilities import (DecoderLikelihood, PerDatapointLatents, Posterior,
                                           has, require)
+from tfgen.models import likelihood_capabilities
+from tfgen.models.likelihood_capabilities import HasMeanStddev
 from tfgen.schema import setting
 
 LatentSource = Literal["auto", "posterior", "cloud"]
@@ -45,6 +47,10 @@ def check_geometry(cfg: Config, task: str, split: str, latents: str, variance: s
     """Load-time checks every geometry task shares."""
     require(cfg, DecoderLikelihood, "evaluate", f"task {task!r}",
             alternative="drop this [[evaluate]] entry")
+    # the expected metric is built from the decoder's per-pixel mean and sd (Arvanitidis, Hansen &
+    # Hauberg 2018; Grisi & Darcet 2020)
+    likelihood_capabilities.require(cfg, HasMeanStddev, "evaluate.task", f"task {task!r}",
+                                    given=task, alternative="drop this [[evaluate]] entry")
     if latents == "cloud":
         require(cfg, PerDatapointLatents, "evaluate.latents", f"task {task!r} with latents = "
                 "'cloud'", given=latents, alternative="latents = 'posterior'")

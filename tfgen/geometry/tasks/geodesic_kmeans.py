@@ -17,11 +17,12 @@ from tfgen.geometry.tasks.common import (LatentPlane, LatentSource, Variance, ch
                                          prefix, variance_field, variant_model)
 from tfgen.models.kmeans import kmeans, squared_distances
 from tfgen.registry import EVALUATIONS
-from tfgen.schema import setting
+from tfgen.footprint import UNCOUNTED
+from tfgen.schema import TaskConfig, setting
 
 
 @dataclasses.dataclass
-class GeodesicKMeansConfig:
+class GeodesicKMeansConfig(TaskConfig):
     split: SplitName = setting("test")
     latents: LatentSource = latents_field()
     variance: Variance = variance_field()
@@ -39,6 +40,9 @@ class GeodesicKMeansConfig:
 
     def check(self, cfg):
         check_geometry(cfg, "geodesic_kmeans", self.split, self.latents, self.variance)
+
+    def peak(self, shape, act):
+        return UNCOUNTED  # num_points latents, the metric along the graph's edges
 
 
 @EVALUATIONS.register("geodesic_kmeans", config=GeodesicKMeansConfig)

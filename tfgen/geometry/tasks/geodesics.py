@@ -20,7 +20,8 @@ from tfgen.geometry.tasks.common import (LatentPlane, LatentSource, Variance, ba
                                          latents_field, prefix, variance_field, variant_model)
 from tfgen.registry import EVALUATIONS
 from tfgen.runtime import compile_step
-from tfgen.schema import setting
+from tfgen.footprint import batch_bytes
+from tfgen.schema import TaskConfig, setting
 
 
 #: a shooting solution "reaches" the end point when it misses by less than this fraction of the
@@ -29,7 +30,7 @@ SHOOTING_AGREES = 1e-2
 
 
 @dataclasses.dataclass
-class GeodesicsConfig:
+class GeodesicsConfig(TaskConfig):
     split: SplitName = setting("test")
     latents: LatentSource = latents_field()
     variance: Variance = variance_field()
@@ -59,6 +60,11 @@ class GeodesicsConfig:
 
     def check(self, cfg):
         check_geometry(cfg, "geodesics", self.split, self.latents, self.variance)
+
+    def peak(self, shape, act):
+        """``batch_size`` curves optimised at once; with gradients counted where ``steps`` is
+        set (as the estimate always counted it; steps = 0 optimises too, 50 iterations)."""
+        return batch_bytes(shape, act, self.batch_size, backward=bool(self.steps)), ("batch_size",)
 
 
 def points_along(paths: np.ndarray, count: int) -> np.ndarray:

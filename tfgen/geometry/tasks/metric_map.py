@@ -14,11 +14,12 @@ from tfgen.geometry.tasks.common import (LOG10, LatentPlane, LatentSource, check
                                          compile_mode, data_latents, label_axes, latents_field,
                                          magnification_grid, prefix, variant_model)
 from tfgen.registry import EVALUATIONS
-from tfgen.schema import setting
+from tfgen.footprint import UNCOUNTED
+from tfgen.schema import TaskConfig, setting
 
 
 @dataclasses.dataclass
-class MetricMapConfig:
+class MetricMapConfig(TaskConfig):
     split: SplitName = setting("test", help="whose latents are drawn on top")
     latents: LatentSource = latents_field()
     num_points: int = setting(2000, at_least=1, at_most=100000, help="data latents drawn on the "
@@ -37,6 +38,9 @@ class MetricMapConfig:
     def check(self, cfg):
         check_geometry(cfg, "metric_map", self.split, self.latents,
                        "rbf_precision" if self.variance != "standard" else "standard")
+
+    def peak(self, shape, act):
+        return UNCOUNTED  # the metric at resolution^2 grid points
 
 
 @EVALUATIONS.register("metric_map", config=MetricMapConfig)

@@ -19,11 +19,12 @@ from tfgen.geometry.tasks.common import (LatentPlane, LatentSource, Variance, ba
                                          check_geometry, compile_mode, data_latents,
                                          latents_field, prefix, variance_field, variant_model)
 from tfgen.registry import EVALUATIONS
-from tfgen.schema import setting
+from tfgen.footprint import UNCOUNTED
+from tfgen.schema import TaskConfig, setting
 
 
 @dataclasses.dataclass
-class RandomWalkConfig:
+class RandomWalkConfig(TaskConfig):
     split: SplitName = setting("test", help="walks start at the latents of this split's images")
     latents: LatentSource = latents_field()
     variance: Variance = variance_field()
@@ -38,6 +39,9 @@ class RandomWalkConfig:
 
     def check(self, cfg):
         check_geometry(cfg, "random_walk", self.split, self.latents, self.variance)
+
+    def peak(self, shape, act):
+        return UNCOUNTED  # walks x steps metric evaluations
 
 
 @EVALUATIONS.register("random_walk", config=RandomWalkConfig)

@@ -21,7 +21,8 @@ from tfgen.inference.capabilities import Posterior, require
 from tfgen.inference.estimators import mean_log_likelihood
 from tfgen.registry import EVALUATIONS
 from tfgen.runtime import compile_step
-from tfgen.schema import setting
+from tfgen.footprint import batch_bytes
+from tfgen.schema import TaskConfig, setting
 
 
 class WithModel(PosteriorEstimates):
@@ -36,7 +37,7 @@ class WithModel(PosteriorEstimates):
 
 
 @dataclasses.dataclass
-class RBFPrecisionTaskConfig(RBFPrecisionConfig):
+class RBFPrecisionTaskConfig(RBFPrecisionConfig, TaskConfig):
     split: SplitName = setting("test", help="held-out images of the log-likelihood comparison")
     samples: int = setting(100, at_least=1, at_most=100000, help="importance samples K (IWAE) per "
                                                                  "image")
@@ -55,6 +56,12 @@ class RBFPrecisionTaskConfig(RBFPrecisionConfig):
             raise ConfigError(cfg.source_file, "evaluate.task", "the RBF precision is fitted on "
                               "training latents, but data.train_split is empty", "rbf_precision",
                               "a training split")
+
+    def peak(self, shape, act):
+        """The IWAE comparison's ``batch_size`` images x ``samples``, with gradients while
+        the precision is fitted (``steps``)."""
+        return (batch_bytes(shape, act, self.batch_size, self.samples, backward=bool(self.steps)),
+                ("batch_size", "samples"))
 
 
 @EVALUATIONS.register("rbf_precision", config=RBFPrecisionTaskConfig)
