@@ -298,14 +298,14 @@ def test_pga_run_scatter_is_the_pca_of_its_particle_means(pga_run):
 @pytest.mark.parametrize("args,message", [
     (["--task", "latent_scatter", "--set", "sourse=encoder"], "unknown key (did you mean 'source'?)"),
     (["--task", "latent_scatter", "--set", "source=encoder"],
-     "evaluate[0].source: task 'latent_scatter' with source = 'encoder' needs an amortized"),
+     "tfgen eval: --set source: task 'latent_scatter' with source = 'encoder' needs an amortized"),
     (["--task", "latent_scatter", "--set", "source=latents", "--set", "split=test"],
-     "evaluate[0].split: source = 'latents' are the training images' latents"),
-    (["--task", "interpolation", "--set", "kind=cubic"], "evaluate[0].kind: not an allowed value"),
+     "tfgen eval: --set split: source = 'latents' are the training images' latents"),
+    (["--task", "interpolation", "--set", "kind=cubic"], "tfgen eval: --set kind: not an allowed value"),
     (["--task", "interpolation", "--set", "pairs=[[0, 40]]"],
-     "evaluate[0].pairs[0]: the test split has 40 images"),
-    (["--task", "interpolation", "--set", "pairs=[[0, 1, 2]]"], "evaluate[0].pairs[0]: a pair is"),
-    (["--task", "manifold_grid"], "evaluate[0].task: task 'manifold_grid' decodes a grid over a 2-D"),
+     "tfgen eval: --set pairs[0]: the test split has 40 images"),
+    (["--task", "interpolation", "--set", "pairs=[[0, 1, 2]]"], "tfgen eval: --set pairs[0]: a pair is"),
+    (["--task", "manifold_grid"], "tfgen eval: --task: task 'manifold_grid' decodes a grid over a 2-D"),
 ])
 def test_bad_keys_are_refused_naming_the_key(pga_run, args, message):
     before = (pga_run / "metrics.json").read_text()

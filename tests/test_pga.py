@@ -281,7 +281,7 @@ def test_config_rejects_particle_gaussian_without_a_cloud_and_posterior_tasks_fo
     base = {"data": {"binarize": "static"}}
     with pytest.raises(ConfigError) as err:
         from_dict({**base, "evaluate": [{"task": "samples", "sampler": "particle_gaussian"}]})
-    assert err.value.key == "evaluate.sampler" and "'prior'" in err.value.allowed
+    assert err.value.key == "evaluate[0].sampler" and "'prior'" in err.value.allowed
     with pytest.raises(ConfigError) as err:
         from_dict({**base, "evaluate": [{"task": "inpainting",
                                          "fit": {"sampler": "particle_gaussian"}}]})
