@@ -37,23 +37,29 @@ class Epoch:
     running sums and its speed."""
 
     def __init__(self, index: int, done: int, left: int, batch_size: int, sums: dict,
-                 count: int, started: float):
-        self.index = index  # from 0
+                 count: int):
+        """Epoch ``index`` (from 0), ``done`` batches of it trained and ``left`` images to go
+        in batches of ``batch_size``; its metrics sum to ``sums`` over ``count`` images."""
+        self.index = index
         self.batches_done = done
         self.batches_total = done + math.ceil(left / batch_size)
         self.images_left = left
         self.sums, self.count = sums, count  # metric -> sum of value x images; images
-        self.started, self.images = started, 0  # this session's part of the epoch
-        self.window_started, self.window_images = started, 0
+        self.started, self.images = time.monotonic(), 0  # this session's part of the epoch
+        self.window_started, self.window_images = self.started, 0
         self.logged_rate = 0.0  # images per second of the last logged window (0: none yet)
         self.rate = 0.0  # over the epoch's steps, once they are done
 
-    def trained(self, batches: int, images: int) -> None:
-        """An executor call trained ``batches`` batches of ``images`` images in all."""
+    def trained(self, batches: int, images: int, sums: dict) -> None:
+        """An executor call trained ``batches`` batches, ``images`` images in all, whose
+        metrics sum to ``sums``."""
         self.batches_done += batches
         self.images_left -= images
         self.images += images
         self.window_images += images
+        for k, v in sums.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += images
 
     def window_rate(self) -> float:
         """Images per second since the last logged rate (or the epoch's start)."""

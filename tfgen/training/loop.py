@@ -73,8 +73,7 @@ class TrainingLoop:
         sums, count = state.partial_sums()
         first = int(state.images_in_epoch.numpy())
         return Epoch(state.epochs_done(), int(state.batches_in_epoch.numpy()),
-                     int(state.epoch_images.numpy()) - first, train.batch_size, sums, count,
-                     started=time.monotonic())
+                     int(state.epoch_images.numpy()) - first, train.batch_size, sums, count)
 
     def _epoch_batches(self, epoch: Epoch) -> tf.data.Dataset:
         """The images of the epoch not yet trained on, in batches.
@@ -105,11 +104,8 @@ class TrainingLoop:
         self.train_seconds += time.monotonic() - t0
         first, self._host_step = self._host_step, self._host_step + n
         self.state.changed()
-        epoch.trained(n, images)
+        epoch.trained(n, images, ran.sums)
         self.images_trained += images
-        for k, v in ran.sums.items():
-            epoch.sums[k] = epoch.sums.get(k, 0.0) + v
-        epoch.count += images
         return Steps(first, self._host_step, ran, finite)
 
     def _record(self, epoch: Epoch) -> dict:
