@@ -36,7 +36,7 @@ IMAGES = np.tanh(np.random.default_rng(0).normal(size=(8, 4, 4, 1))).astype(np.f
 
 
 def step(scheme, idx):
-    return scheme.train_step(tf.constant(IMAGES[idx]), tf.constant(idx, tf.int64))
+    return scheme.standalone_step(tf.constant(IMAGES[idx]), tf.constant(idx, tf.int64))
 
 
 def test_the_generator_steps_every_n_critic_th_step_the_critic_every_step():

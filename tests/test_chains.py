@@ -70,7 +70,7 @@ def chain_ends(scheme_name: str, noise_scale: float = 1.0) -> np.ndarray:
     else:
         every = tf.range(len(images), dtype=tf.int64)
         for _ in range(6):
-            scheme.train_step(tf.constant(images), every)
+            scheme.standalone_step(tf.constant(images), every)
         ends = scheme.latent_cloud().numpy()
         np.testing.assert_allclose(linear_theta(scheme)[0], W_FIXED, atol=1e-6)  # theta fixed
     return ends.reshape(len(Y_FIXED), COPIES, 2)
@@ -142,7 +142,7 @@ def test_theta_reaches_the_ppca_maximum_likelihood(scheme_name, steps):
         if k == 900:  # RMSprop with a constant step jitters around the optimum: shrink it
             scheme.optimizer.learning_rate.assign(learning_rate / 10)
         idx = order.choice(M, batch, replace=False)
-        scheme.train_step(tf.gather(images, idx), tf.constant(idx, tf.int64))
+        scheme.standalone_step(tf.gather(images, idx), tf.constant(idx, tf.int64))
 
     W, b = linear_theta(scheme)
     gap = ppca.mean_log_marginal(Y, W, b, sigma) - best

@@ -251,7 +251,7 @@ def test_mixed_precision_runs_the_decoder_only_in_low_precision(policy):
             assert scheme.particle_cloud.dtype == tf.float32
         before = [v.numpy().copy() for v in scheme.model.theta]
         for _ in range(3):
-            out = scheme.train_step(tf.constant(images[:4]), tf.range(4, dtype=tf.int64))
+            out = scheme.standalone_step(tf.constant(images[:4]), tf.range(4, dtype=tf.int64))
             assert np.isfinite(float(out["loss"]))
         assert any(np.abs(v.numpy() - b).max() > 0 for v, b in zip(scheme.model.theta, before))
     assert mixed_precision.global_policy().name == "float32"  # only the decoder opted in

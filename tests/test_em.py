@@ -45,7 +45,7 @@ def one_epoch(scheme, images, batch):
     """Every batch once (the trainer's epoch), then the scheme's end of epoch (the M-step)."""
     for lo in range(0, len(images), batch):
         idx = np.arange(lo, min(lo + batch, len(images)))
-        scheme.train_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
+        scheme.standalone_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
     return scheme.end_epoch()
 
 

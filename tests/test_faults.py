@@ -1112,14 +1112,14 @@ def _poison_the_train_step(monkeypatch) -> None:
     """A real TensorFlow runtime error inside the compiled step (check_numerics on a NaN)."""
     from tfgen.inference.vae import VAE
 
-    step = VAE.replica_step
+    step = VAE.step_on_replica
 
     def poisoned(self, images, indices, batch):
         out = step(self, images, indices, batch)
         out["loss"] = tf.debugging.check_numerics(out["loss"] * np.nan, "poisoned step")
         return out
 
-    monkeypatch.setattr(VAE, "replica_step", poisoned)
+    monkeypatch.setattr(VAE, "step_on_replica", poisoned)
 
 
 def test_a_tensorflow_error_in_training_is_one_line_naming_the_run(tmp_path, idx_folder,

@@ -71,7 +71,8 @@ LAYERS = [
      "tfgen.geometry.tasks.rbf_precision"),
     ("resources", "tfgen.resources"),
     ("assemble", "tfgen.assemble tfgen.plugins"),
-    ("run", "tfgen.checkpoints tfgen.training tfgen.runner tfgen.rundir tfgen.runlock"),
+    ("run", "tfgen.checkpoints tfgen.training tfgen.training.state tfgen.training.loop "
+            "tfgen.training.callbacks tfgen.training.progress tfgen.runner tfgen.rundir tfgen.runlock"),
     ("api", "tfgen tfgen.api tfgen.export"),  # tfgen/__init__.py: the public API, lazily
     ("cli", "tfgen.cli tfgen.__main__"),
 ]

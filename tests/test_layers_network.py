@@ -136,7 +136,7 @@ def _losses(raw: dict, images: np.ndarray, steps: int = 4) -> list[float]:
     tf.keras.utils.set_random_seed(0)
     scheme = build_in_memory(raw, images)
     idx = np.arange(16)
-    return [float(scheme.train_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))["loss"])
+    return [float(scheme.standalone_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))["loss"])
             for _ in range(steps)]
 
 
@@ -179,7 +179,7 @@ def test_layer_list_decoder_under_mixed_precision(idx_folder, tmp_path):
     assert all(v.dtype == tf.float32 for v in decoder.trainable_variables)
     assert scheme.model.decode(tf.zeros([2, 2])).dtype == tf.float32
     idx = tf.range(16, dtype=tf.int64)
-    assert np.isfinite(float(scheme.train_step(tf.constant(images), idx)["loss"]))
+    assert np.isfinite(float(scheme.standalone_step(tf.constant(images), idx)["loss"]))
 
 
 def test_layer_list_networks_run_mirrored_on_two_devices(idx_folder, tmp_path):

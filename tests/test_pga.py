@@ -93,7 +93,7 @@ def test_pga_theta_reaches_the_ppca_maximum_likelihood():
         if k == 600:  # RMSprop with a constant step jitters around the optimum: shrink it
             scheme.theta_optimizer.learning_rate.assign(learning_rate / 5)
         idx = order.choice(M, batch, replace=False)
-        scheme.train_step(tf.gather(images, idx), tf.constant(idx, tf.int64))
+        scheme.standalone_step(tf.gather(images, idx), tf.constant(idx, tf.int64))
 
     W, b = linear_theta(scheme)
     gap = mean_log_marginal(W, b) - best
@@ -132,7 +132,7 @@ def test_train_step_moves_particles_with_theta_k_then_updates_theta():
     W0, b0 = linear_theta(scheme)
     expected = normal_langevin_expected(scheme, images, h, replayed_noise(scheme))
     idx = np.array([4, 0, 2])
-    out = scheme.train_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
+    out = scheme.standalone_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
     np.testing.assert_allclose(scheme.particle_cloud.numpy(), expected, rtol=1e-4, atol=1e-5)
     W1, b1 = linear_theta(scheme)
     assert np.abs(W1 - W0).max() > 0 and np.abs(b1 - b0).max() > 0
@@ -150,7 +150,7 @@ def test_particle_gradients_are_per_particle_with_batch_norm_in_inference_mode()
     scheme = make_pga(images, 3, {"particles": 2, "chunk_size": 4},
                       decoder={"name": "residual_decoder", "channels": 4, "residual_layers": 1},
                       batch_size=3, pixel_range=(-1.0, 1.0))
-    scheme.train_step(tf.constant(images[:3]), tf.constant([0, 1, 2], tf.int64))  # moves BN stats
+    scheme.standalone_step(tf.constant(images[:3]), tf.constant([0, 1, 2], tf.int64))  # moves BN stats
     X = tf.convert_to_tensor(scheme.particle_cloud)
     together = scheme.log_joint_gradient(X, tf.constant(images)).numpy()
     alone = scheme.log_joint_gradient(X[2:3], tf.constant(images[2:3])).numpy()
@@ -212,7 +212,7 @@ def test_all_moves_every_particle_batch_only_the_batch(mode):
                       batch_size=3)
     before = scheme.particle_cloud.numpy()
     idx = np.array([7, 1, 3])
-    scheme.train_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
+    scheme.standalone_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
     moved = np.any(scheme.particle_cloud.numpy() != before, axis=(1, 2))
     if mode == "all":
         assert moved.all()
@@ -244,7 +244,7 @@ def test_xla_step_equals_the_graph_step(mode):
             draw = lambda: tf.concat([scheme.chunk_noise(seed, j) for j in range(3)], 0)[:5]
         noise = tf.function(draw, jit_compile=compile_mode == "xla")().numpy()
         before = scheme.particle_cloud.numpy()
-        out = scheme.train_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
+        out = scheme.standalone_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
         after = scheme.particle_cloud.numpy()
         drift = after.copy()
         drift[rows] -= math.sqrt(2 * h) * noise
@@ -522,8 +522,8 @@ def test_step_traces_once_across_steps(tmp_path):
     scheme = make_pga(images, d, {"particles": 2, "chunk_size": 5}, batch_size=4)
     for start in (0, 4, 8, 0):
         idx = np.arange(start, start + 4)
-        scheme.train_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
-    assert scheme.train_step.experimental_get_tracing_count() == 1
+        scheme.standalone_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
+    assert scheme.standalone_step.experimental_get_tracing_count() == 1
 
 
 def test_pga_celeba_experiment_runs_on_a_flat_rgb_image_folder(tmp_path):

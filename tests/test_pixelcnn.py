@@ -87,7 +87,7 @@ def test_the_pixelcnn_likelihood_trains_under_vae_and_pga(scheme):
     losses = []
     for k in range(15):
         idx = np.arange(4) + 4 * (k % 2)
-        losses.append(float(s.train_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))["loss"]))
+        losses.append(float(s.standalone_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))["loss"]))
     assert np.isfinite(losses).all() and min(losses[-4:]) < losses[0]
     conditional = s.model.decode(tf.zeros([1, 2]))
     assert not np.triu(dependencies(s.model.likelihood.pixelcnn, 4, conditional)).any()
@@ -105,7 +105,7 @@ def test_the_model_without_latents_trains_and_samples_in_one_loop():
     before = float(tf.reduce_mean(s.exact_log_likelihood(images)))
     for k in range(30):
         idx = np.arange(8) + 8 * (k % 2)
-        s.train_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
+        s.standalone_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
     assert float(tf.reduce_mean(s.exact_log_likelihood(images))) > before + 0.5
     samples = s.sample_images(5, 0).numpy()
     assert samples.shape == (5, 4, 4, 1) and set(np.unique(samples)) <= {0.0, 1.0}
@@ -137,7 +137,7 @@ def test_the_model_without_latents_trains_on_dynamically_binarized_batches():
         return log_prob(batch_images, batch)
 
     s.training_log_prob = recording
-    s.replica_step(tf.constant(images), tf.range(8, dtype=tf.int64),
+    s.step_on_replica(tf.constant(images), tf.range(8, dtype=tf.int64),
                    single_replica_batch(tf.constant([1, 2], tf.int64), tf.range(8)))
     bits = seen[0].numpy()
     assert set(np.unique(bits)) == {0.0, 1.0} and 0.15 < bits.mean() < 0.45

@@ -113,7 +113,7 @@ def test_each_prior_trains_under_each_scheme(prior, scheme):
     before = [v.numpy().copy() for v in prior_vars]
     for _ in range(3):
         idx = np.array([0, 3, 5, 6])
-        out = s.train_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
+        out = s.standalone_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
         assert np.isfinite(float(out["loss"]))
     assert any(np.abs(v.numpy() - b).max() > 0 for v, b in zip(prior_vars, before))
     z = s.model.prior.distribution().sample(6, seed=(3, 4))

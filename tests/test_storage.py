@@ -260,16 +260,16 @@ def test_tfgen_eval_on_a_full_disk(run_dir, monkeypatch):
 def test_a_run_directory_deleted_while_the_run_is_going(run_dir, monkeypatch):
     """Deleted after epoch 3's history record: the next write (a checkpoint) says so, and
     nothing makes the directory again."""
-    from tfgen.training import Trainer
+    from tfgen.training.callbacks import Summaries
 
-    log_epoch = Trainer._log_epoch
+    log_epoch = Summaries.on_epoch_end
 
-    def deleting(self, record):
-        log_epoch(self, record)
+    def deleting(self, epoch, record):
+        log_epoch(self, epoch, record)
         if record["epoch"] == 3:
-            shutil.rmtree(self.run_dir)
+            shutil.rmtree(self.state.run_dir)
 
-    monkeypatch.setattr(Trainer, "_log_epoch", deleting)
+    monkeypatch.setattr(Summaries, "on_epoch_end", deleting)
     result = resume(run_dir, "train.epochs=4")
     assert result.returncode == 4, result.stderr
     assert one_line(result.stderr) == (f"error: {run_dir}: cannot write: the run directory was "

@@ -63,7 +63,7 @@ def train(scheme, Y: np.ndarray, steps: int, batch: int, learning_rate: float, d
             if k == at:
                 scheme.optimizer.learning_rate.assign(learning_rate / factor)
         idx = order.choice(len(Y), batch, replace=False)
-        scheme.train_step(tf.gather(images, idx), tf.constant(idx, tf.int64))
+        scheme.standalone_step(tf.gather(images, idx), tf.constant(idx, tf.int64))
 
 
 def posterior(W, b, Y, prior_weight=1.0):
@@ -223,7 +223,7 @@ def test_a_row_steps_down_its_own_objective_whatever_the_batch_size(scheme_name)
         else:
             z = rows[batch]
             grad = lam * z - (y - z @ W.T - b) @ W / SIGMA**2
-        scheme.train_step(tf.constant(images[batch]), tf.constant(batch, tf.int64))
+        scheme.standalone_step(tf.constant(images[batch]), tf.constant(batch, tf.int64))
         after = scheme.latents.values.numpy()
         np.testing.assert_allclose(after[batch], before[batch] - lr * grad, rtol=1e-4, atol=1e-6)
         untouched = [i for i in range(6) if i not in batch]
@@ -256,7 +256,7 @@ def test_every_likelihood_trains(scheme_name, likelihood, data):
     theta_before = [v.numpy().copy() for v in scheme.model.theta]
     for k in range(3):
         idx = np.arange(4) + 4 * (k % 2)
-        out = scheme.train_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
+        out = scheme.standalone_step(tf.constant(images[idx]), tf.constant(idx, tf.int64))
         assert math.isfinite(float(out["loss"]))
     assert np.abs(scheme.latents.values.numpy() - before).min(axis=-1).max() > 0  # every row moved
     assert all(np.abs(a.numpy() - b).max() > 0 for a, b in zip(scheme.model.theta, theta_before))

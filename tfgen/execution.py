@@ -1,6 +1,6 @@
 """Training steps run on the device, several per host round trip, with their metrics summed there.
 
-The trainer used to call ``float()`` on every output of every step: a device-to-host
+The training loop used to call ``float()`` on every output of every step: a device-to-host
 synchronisation per output and per step, which on an accelerator stalls the pipeline after
 every small step.  Here one call of :class:`StepExecutor` runs ``n`` steps (up to
 ``train.steps_per_execution``, as Keras's ``steps_per_execution``) in one compiled loop that
@@ -38,7 +38,7 @@ class Execution(NamedTuple):
 
 
 class StepExecutor:
-    """``run(iterator, n)``: n training steps of a scheme's ``replica_step`` on the batches of
+    """``run(iterator, n)``: n training steps of a scheme's ``step_on_replica`` on the batches of
     ``iterator`` (per-replica parts from :meth:`tfgen.distribute.ReplicaLayout.distribute`),
     run on every replica of ``strategy``, counting them in ``counters`` (tf.Variables, int64:
     ``step`` +1 per step; ``batches`` +1; ``images`` and ``images_seen`` + the global batch's
@@ -46,7 +46,7 @@ class StepExecutor:
     metrics (means over their images) are summed weighted by their image counts, so the sums
     are those of the global batch whatever the number of replicas."""
 
-    def __init__(self, replica_step, strategy: tf.distribute.Strategy,
+    def __init__(self, step_on_replica, strategy: tf.distribute.Strategy,
                  generator: tf.random.Generator, counters: dict[str, tf.Variable],
                  compile_mode: str):
         # XLA compiles the scheme's step, not the loop around it (an iterator cannot be
@@ -54,19 +54,19 @@ class StepExecutor:
         # replicas the step holds all-reduces (the optimizers', the cloud statistics'), which
         # TensorFlow cannot run from a function nested in strategy.run: graph mode there
         # (runtime.step_compile_mode, which the run's log line reports)
-        self.replica_step = (compile_step(replica_step, compile_mode)
-                             if step_compile_mode(compile_mode, strategy) == "xla"
-                             else replica_step)
+        self.step_on_replica = (compile_step(step_on_replica, compile_mode)
+                                if step_compile_mode(compile_mode, strategy) == "xla"
+                                else step_on_replica)
         self.strategy = strategy
         self.generator = generator
         self.counters = counters
         mode = resolve_compile_mode(compile_mode)
-        self._replica = self._weighted_replica_step
+        self._replica = self._weighted_step_on_replica
         self.run = self._execute if mode == "eager" else tf.function(self._execute)
 
-    def _weighted_replica_step(self, images, indices, seed):
+    def _weighted_step_on_replica(self, images, indices, seed):
         batch = ReplicaBatch.current(seed, indices)
-        out = self.replica_step(images, indices, batch)
+        out = self.step_on_replica(images, indices, batch)
         weight = tf.cast(batch.size, tf.float64)
         # a replica with no image of this batch reports 0 x (mean of nothing = NaN) = 0
         return ({k: tf.math.multiply_no_nan(tf.cast(v, tf.float64), weight) for k, v in out.items()},

@@ -26,7 +26,7 @@ from tfgen.registry import EVALUATIONS
 from tfgen.rundir import (CONFIG_NAME, create_run_dir, open_run_dir, recorded_plugins,
                           write_config, write_metrics, write_run_info)
 from tfgen.signals import InterruptFlag, hook_from_env, signal_name, signal_of
-from tfgen.training import Progress, Trainer
+from tfgen.training import Progress, TrainingState, fit
 
 
 _held: contextvars.ContextVar[contextlib.ExitStack] = contextvars.ContextVar("held")
@@ -104,8 +104,8 @@ def run(config_path: str | Config | None, overrides: list[str], resume: str | No
         _refuse_another_image_shape(run_cfg, cfg, data, run_dir, memory_check)
     data, scheme, generator = build(cfg, data, strategy)
     if resume:
-        trainer = Trainer(cfg, data, scheme, run_dir, progress, generator)
-        restored = trainer.restore()
+        state = TrainingState(cfg, scheme, generator, run_dir)
+        restored = state.restore()
         if restored is None:
             raise CheckpointError(f"{run_dir}: has no checkpoint to resume from (it was stopped "
                                   f"before its first checkpoint); start it again with: tfgen run "
@@ -113,8 +113,8 @@ def run(config_path: str | Config | None, overrides: list[str], resume: str | No
     else:
         run_dir = create_run_dir(cfg)
         _hold(runlock.holding(run_dir, f"tfgen run {config_path}"))
-        trainer = Trainer(cfg, data, scheme, run_dir, progress, generator)
-    next_step = lambda: _continue_with(run_dir, trainer, cfg)  # noqa: E731
+        state = TrainingState(cfg, scheme, generator, run_dir)
+    next_step = lambda: _continue_with(run_dir, state, cfg)  # noqa: E731
     _hold(storage.failures_in(run_dir, next_step))
     # the resume is known to work: from here on the run directory changes
     write_config(run_dir, cfg)
@@ -129,9 +129,9 @@ def run(config_path: str | Config | None, overrides: list[str], resume: str | No
     if resume:
         if restored.problems:
             Progress.warn(f"{'; '.join(restored.problems)}; resumed from the newest intact "
-                          f"checkpoint, {restored.path} ({trainer.position()})")
+                          f"checkpoint, {restored.path} ({state.position()})")
         else:
-            progress.message(f"resumed from {restored.path} ({trainer.position()})")
+            progress.message(f"resumed from {restored.path} ({state.position()})")
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     metrics = {"status": "running", "run_dir": str(run_dir)}
     if resume:  # what `tfgen complete` added to a finished run stays
@@ -144,12 +144,12 @@ def run(config_path: str | Config | None, overrides: list[str], resume: str | No
     with InterruptFlag() as interrupt:  # stop signals by phase: training, evaluation, stopping
         try:
             with writer.as_default(), storage.failures_in(run_dir, next_step):
-                metrics["train"] = trainer.fit(interrupt)
+                metrics["train"] = fit(state, data, progress, interrupt)
                 scheme.layout.gather_rows()  # sharded rows, for evaluation (every worker)
-                log_final(metrics["train"], int(trainer.step.numpy()))
+                log_final(metrics["train"], state.steps_done())
                 metrics["evaluation"], metrics["evaluation_seconds"] = {}, []
                 interrupt.enter("evaluation")
-                evaluate(cfg, scheme, data, run_dir, trainer.history, int(trainer.step.numpy()),
+                evaluate(cfg, scheme, data, run_dir, state.history, state.steps_done(),
                          metrics["evaluation"], metrics["evaluation_seconds"])
             interrupt.phase = "stopping"
             metrics["status"] = "completed"
@@ -163,7 +163,7 @@ def run(config_path: str | Config | None, overrides: list[str], resume: str | No
         except KeyboardInterrupt as stop:  # a second signal in training, or one in evaluation
             phase = interrupt.interrupted_in or interrupt.phase
             metrics["status"] = f"interrupted during {phase}"
-            raise Interrupted(_stopped_at_once(phase, signal_of(stop), interrupt.first, trainer,
+            raise Interrupted(_stopped_at_once(phase, signal_of(stop), interrupt.first, state,
                                                metrics.get("evaluation_seconds", [])),
                               signal_of(stop), at_once=True) from None
         except tf.errors.OpError as err:
@@ -172,11 +172,11 @@ def run(config_path: str | Config | None, overrides: list[str], resume: str | No
                 metrics["status"] = f"failed: {describe_tf_error(err)}"
                 raise RunFailed(f"{run_dir}: {describe_tf_error(err)} during {phase} (a "
                                 f"multi-worker run fails when any worker does); the last "
-                                f"checkpoint is {trainer.store.latest or 'none'}") from err
-            at = (f" after step {int(trainer.step.numpy())}" if phase == "training" else
+                                f"checkpoint is {state.store.latest or 'none'}") from err
+            at = (f" after step {state.steps_done()}" if phase == "training" else
                   failed_task(cfg, metrics.get("evaluation_seconds", [])))
             failure = RunFailed(f"{run_dir}: {describe_tf_error(err)} during {phase}{at}; the "
-                                f"last checkpoint is {trainer.store.latest or 'none'}")
+                                f"last checkpoint is {state.store.latest or 'none'}")
             metrics["status"] = f"failed: {failure}"
             raise failure from err
         except BaseException as err:
@@ -184,7 +184,7 @@ def run(config_path: str | Config | None, overrides: list[str], resume: str | No
             metrics["status"] = f"failed: {type(err).__name__}: {err}"
             raise
         finally:
-            metrics["history"] = trainer.history
+            metrics["history"] = state.history
             _write_last(writer, run_dir, metrics)
     progress.message("evaluation: " + json.dumps(metrics["evaluation"], default=float))
     progress.message(f"done: {run_dir}")
@@ -200,9 +200,9 @@ def _refuse_missing_plugins(run_dir: Path) -> None:
         Progress.warn(warning)
 
 
-def _continue_with(run_dir: Path, trainer: Trainer, cfg: Config) -> str:
+def _continue_with(run_dir: Path, state: TrainingState, cfg: Config) -> str:
     """What to do after a failure of the file system: resume from the newest checkpoint."""
-    last = trainer.store.latest
+    last = state.store.latest
     if last:
         return f"the newest checkpoint is {last}; continue with: tfgen run --resume {run_dir}"
     config = run_dir / CONFIG_NAME
@@ -267,20 +267,20 @@ def _run_worker(cfg: Config, strategy, memory_check: bool) -> None:
     data, scheme, generator = build(cfg, data, strategy)
     scratch = Path(tempfile.mkdtemp(prefix="tfgen-worker-"))
     try:
-        trainer = Trainer(cfg, data, scheme, scratch, Progress(False), generator)
+        state = TrainingState(cfg, scheme, generator, scratch)
         with tf.summary.create_file_writer(str(scratch / "tensorboard")).as_default():
-            trainer.fit()
+            fit(state, data, Progress(False))
         scheme.layout.gather_rows()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return None
 
 
-def _stopped_at_once(phase: str, signum: int, first: int | None, trainer: Trainer,
+def _stopped_at_once(phase: str, signum: int, first: int | None, state: TrainingState,
                      seconds: list) -> str:
     """The line for a run that signal ``signum`` stopped where it was: in evaluation, or in
     training after the signal ``first``."""
-    run_dir, last, cfg = trainer.run_dir, trainer.store.latest, trainer.cfg
+    run_dir, last, cfg = state.run_dir, state.store.latest, state.cfg
     if phase == "evaluation":
         return (f"interrupted during evaluation by {signal_name(signum)}"
                 f"{failed_task(cfg, seconds)}; {len(seconds)} of {len(cfg.evaluate)} tasks "
@@ -288,9 +288,9 @@ def _stopped_at_once(phase: str, signum: int, first: int | None, trainer: Traine
                 f"is in {last}; finish the evaluation with: tfgen eval {run_dir}")
     by = (f"a second {signal_name(signum)}" if first in (None, signum) else
           f"{signal_name(signum)} after {signal_name(first)}")
-    step = int(trainer.step.numpy())
+    step = state.steps_done()
     text = (f"interrupted during training by {by} (stopped at once at step {step}, its "
-            f"checkpoint written); the checkpoint is {last}; " if trainer.saved else
+            f"checkpoint written); the checkpoint is {last}; " if state.saved else
             f"interrupted during training by {by} (stopped at once at step {step}, without a "
             f"checkpoint); the last checkpoint is {last or 'none'}; ")
     return text + (f"continue with: tfgen run --resume {run_dir}" if last else
@@ -405,8 +405,9 @@ def open_run(run_dir: str, tasks: list[dict] | None = None, command: str = "tfge
     """A finished run, ready to be evaluated again: its config (with ``tasks``, raw
     ``[[evaluate]]`` tables, in place of its own), data and scheme, with the weights its own
     evaluation used -- the best checkpoint if early stopping kept the best weights, else the
-    newest intact one (restored by the trainer's own entry points).  Writes nothing;
-    ``purpose`` is what a run without a checkpoint is refused for ("evaluate", "export")."""
+    newest intact one (restored as training restores them: only the training state's
+    checkpoints are built, no training loop).  Writes nothing; ``purpose`` is what a run
+    without a checkpoint is refused for ("evaluate", "export")."""
     path = open_run_dir(run_dir, command)
     _refuse_missing_plugins(path)  # the run's own config is parsed, its tasks too
     config_file = path / CONFIG_NAME
@@ -418,17 +419,17 @@ def open_run(run_dir: str, tasks: list[dict] | None = None, command: str = "tfge
     strategy = runtime.configure(cfg.runtime, cfg.source_file)
     data, _ = load_checked(cfg, memory_check)  # the tasks' batches too, as tfgen run does
     data, scheme, generator = build(cfg, data, strategy)
-    trainer = Trainer(cfg, data, scheme, path, Progress(False), generator)
-    restored = trainer.restore()
+    state = TrainingState(cfg, scheme, generator, path)
+    restored = state.restore()
     if restored is None:
         raise CheckpointError(f"{path}: has no checkpoint to {purpose} (the run was stopped "
                               f"before its first checkpoint)")
     weights = restored.path
     stopping = cfg.train.early_stopping
-    if stopping.patience and stopping.restore_best and trainer.best_store.latest:
-        trainer.restore_best()
-        weights = trainer.best_store.latest
-    return OpenedRun(path, cfg, data, scheme, int(trainer.step.numpy()), weights, trainer.history)
+    if stopping.patience and stopping.restore_best and state.best_store.latest:
+        state.restore_best()
+        weights = state.best_store.latest
+    return OpenedRun(path, cfg, data, scheme, state.steps_done(), weights, state.history)
 
 
 def _keeps_finished_tasks(section: str, then: str = ""):

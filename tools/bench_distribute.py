@@ -9,7 +9,7 @@ Rows (each in fresh processes: logical devices and the cluster are fixed when Te
 * per replica: the bytes of sharded per-datapoint state it holds (the particle cloud and the
   training images of its rows) and each process's peak resident memory.
 
-Runs are built by the runner's own ``build`` and trained by the trainer's own pieces
+Runs are built by the runner's own ``build`` and trained by the training loop's own pieces
 (:class:`tfgen.execution.StepExecutor` over ``ReplicaLayout.distribute`` of the epoch's
 batches).  On this 2-core CPU the logical devices share the same cores: the rows show that
 the engine runs and what it costs, not a speed-up.  Prints one JSON object.
@@ -77,7 +77,7 @@ def child(kind: str, runtime: dict, args) -> dict:
     data, scheme, generator = build(cfg, data, strategy)
     counters = {name: tf.Variable(0, dtype=tf.int64) for name in
                 ("step", "batches", "images", "images_seen")}
-    executor = StepExecutor(scheme.replica_step, strategy, generator, counters, "graph")
+    executor = StepExecutor(scheme.step_on_replica, strategy, generator, counters, "graph")
     batches = iter(scheme.layout.distribute(
         train_dataset(data.train, cfg.train.batch_size, 0, 0, cfg.data).repeat()))
     bool(executor.run(batches, tf.constant(1, tf.int64)).finite)  # warm-up: tracing

@@ -3,7 +3,7 @@
 For each particle-update mode ("all", "batch") and each compile mode (graph; XLA, i.e.
 ``jit_compile``) it times
 
-* the fused step: ``scheme.train_step`` (one compiled function: theta gradient, particle
+* the fused step: ``scheme.standalone_step`` (one compiled function: theta gradient, particle
   update, RMSprop step), as training runs it;
 * the pieces, each compiled on its own: the theta gradient (decoder in training mode,
   backward to the weights), the particle update (all M N particles, or the batch's, in
@@ -109,7 +109,7 @@ def bench_setting(M, N, batch, mode, compile_mode, chunk, repeats) -> dict:
     theta_step_fn = compile_step(theta_step, compile_mode)
     _, grads = theta_gradient_fn(images, indices)
     result = {
-        "fused_step": timed(lambda: scheme.train_step(images, indices), repeats),
+        "fused_step": timed(lambda: scheme.standalone_step(images, indices), repeats),
         "theta_gradient": timed(lambda: theta_gradient_fn(images, indices), repeats),
         "particle_update": timed(lambda: particle_update_fn(images, indices), repeats),
         "theta_step": timed(lambda: theta_step_fn(grads), repeats),

@@ -2,7 +2,7 @@
 
 The same scheme step (built by the runner's ``build``), on the same batches, four ways:
 
-* ``host_loop``: the trainer's loop before ``tfgen/execution.py``: one call per step, then
+* ``host_loop``: the training loop before ``tfgen/execution.py``: one call per step, then
   ``float()`` of every metric and of the step counter (a device-to-host read per output and
   step);
 * ``executor_1``: ``StepExecutor`` with ``train.steps_per_execution = 1`` (one flag read per
@@ -43,7 +43,7 @@ def make(args):
     data, scheme, _ = build(cfg, DataBundle.in_memory(cfg.data, images.astype(np.float32)))
     counters = {name: tf.Variable(0, dtype=tf.int64) for name in
                 ("step", "batches", "images", "images_seen")}
-    executor = StepExecutor(scheme.replica_step, scheme.strategy, scheme.generator, counters,
+    executor = StepExecutor(scheme.step_on_replica, scheme.strategy, scheme.generator, counters,
                             "graph")
     dataset = train_dataset(data.train, args.batch, 0, 0, cfg.data).repeat()
     return scheme, counters, executor, dataset
@@ -53,7 +53,7 @@ def host_loop(scheme, counters, dataset, steps):
     batches = iter(dataset)
     for _ in range(steps):
         images, indices = next(batches)
-        out = scheme.train_step(images, indices)
+        out = scheme.standalone_step(images, indices)
         values = {k: float(v) for k, v in out.items()}  # noqa: F841 (the reads are the point)
         int(counters["step"].assign_add(1).numpy())
         batch = int(images.shape[0])

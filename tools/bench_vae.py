@@ -38,7 +38,7 @@ def tfgen_step(compile_mode, batch, likelihood):
     data, scheme, _ = build(cfg, DataBundle.in_memory(cfg.data, synthetic_images(batch)))
     images = tf.constant(data.train.images)
     idx = tf.range(batch, dtype=tf.int64)
-    return lambda: scheme.train_step(images, idx)["loss"]
+    return lambda: scheme.standalone_step(images, idx)["loss"]
 
 
 def handwritten_step(jit, batch, likelihood):

@@ -171,7 +171,7 @@ class Adversarial(Scheme, DecoderLikelihood, LatentSampler):
             d_loss = d_loss + self.params.gradient_penalty * penalty
         return g_loss, d_loss
 
-    def replica_step(self, images, indices, batch):
+    def step_on_replica(self, images, indices, batch):
         images = self.data.transform_batch(images, transform_noise(batch, images))
         d = self.model.latent_dim
         # the replica's share of the global batch mean (tfgen.distribute)

@@ -1,12 +1,15 @@
 """What every inference scheme shares: the base class, optimizers, the compiled-step wrapper.
 
 A scheme owns the state that training adds to the model (an encoder, the optimizers, a
-table of per-datapoint latents ...) and one ``replica_step(images, indices, batch) -> dict of
-scalar tensors`` ("loss" always among them: the shared output type the trainer logs, checks
-for NaN and checkpoints around), which :class:`tfgen.execution.StepExecutor` compiles and
-runs on every replica of the strategy (:mod:`tfgen.distribute`: the metrics are means over
-the replica's images; gradients are of sums over them divided by the global batch size, so
-that the optimizers' all-reduce gives the global mean; noise comes from ``batch``).  What else it can do it declares by inheriting the
+table of per-datapoint latents ...) and one ``step_on_replica(images, indices, batch) -> dict
+of scalar tensors`` ("loss" always among them: the shared output type the training loop logs,
+checks for NaN and checkpoints around): what training runs, compiled by
+:class:`tfgen.execution.StepExecutor` and run on every replica of the strategy
+(:mod:`tfgen.distribute`: the metrics are means over the replica's images; gradients are of
+sums over them divided by the global batch size, so that the optimizers' all-reduce gives the
+global mean; noise comes from ``batch``).  ``standalone_step(images, indices)`` is the same
+step outside training, for tests and tools: the whole batch on one replica, its seed drawn
+from the run's generator.  What else a scheme can do it declares by inheriting the
 interfaces of :mod:`tfgen.inference.capabilities`; which metrics it reports on the
 validation split, and which one early stopping watches, it names itself
 (``validation_metrics``, ``monitor``); what its training holds in memory, too
@@ -87,9 +90,9 @@ class Scheme(tf.Module):
         self.params, self.model, self.data, self.cfg = params, model, data, cfg
         self.generator, self.strategy = generator, strategy
         self.layout = ReplicaLayout(strategy, len(data.train) if self.shards_training_rows else None)
-        # one step outside the trainer (tests, tools): the whole batch on one replica, with the
-        # next seed of the run's generator (the draw the trainer's step makes)
-        self.train_step = compile_step(self._one_replica_step, cfg.train.compile)
+        # one step outside training (tests, tools): the whole batch on one replica, with the
+        # next seed of the run's generator (the draw the training loop's step makes)
+        self.standalone_step = compile_step(self._standalone_step, cfg.train.compile)
 
     @classmethod
     def check_config(cls, cfg: Config) -> None:
@@ -124,17 +127,18 @@ class Scheme(tf.Module):
         return 1, ()
 
     # ---- to implement
-    def replica_step(self, images: tf.Tensor, indices: tf.Tensor,
-                     batch: ReplicaBatch) -> dict[str, tf.Tensor]:
-        """One training step on this replica's part of the global batch (module docstring)."""
+    def step_on_replica(self, images: tf.Tensor, indices: tf.Tensor,
+                        batch: ReplicaBatch) -> dict[str, tf.Tensor]:
+        """One training step on this replica's part of the global batch (module docstring):
+        what the training loop runs."""
         raise NotImplementedError
 
-    def _one_replica_step(self, images, indices):
+    def _standalone_step(self, images, indices):
         if self.layout.num_replicas != 1:
-            raise RuntimeError("train_step runs one replica; on several use the trainer's "
-                               "StepExecutor")
+            raise RuntimeError("standalone_step runs one replica; on several use "
+                               "tfgen.execution.StepExecutor")
         seed = step_seed(self.generator)
-        return self.replica_step(images, indices, single_replica_batch(seed, indices))
+        return self.step_on_replica(images, indices, single_replica_batch(seed, indices))
 
     @staticmethod
     def gradient_scale(batch: ReplicaBatch, dtype=tf.float32) -> tf.Tensor:
@@ -162,7 +166,8 @@ class Scheme(tf.Module):
         return {}
 
     def log_summaries(self, step: int) -> None:
-        """Scheme-specific TensorBoard images and histograms (with the trainer's image summaries)."""
+        """Scheme-specific TensorBoard images and histograms (with the training loop's image
+        summaries)."""
 
 
 class MaximumLikelihood(Scheme, ExactLogLikelihood):
@@ -197,7 +202,7 @@ class MaximumLikelihood(Scheme, ExactLogLikelihood):
     def after_restore(self):
         self.optimizer.learning_rate.assign(self.cfg.train.learning_rate)
 
-    def replica_step(self, images, indices, batch):
+    def step_on_replica(self, images, indices, batch):
         # the data's per-batch transform (dynamic binarization) first, as every scheme does
         images = self.data.transform_batch(images, transform_noise(batch, images))
         variables = self.density_variables()

@@ -207,7 +207,7 @@ class PPCAByEM(EM, AmortizedPosterior, ExactLogLikelihood, PosteriorEstimates):
         return tfd.MultivariateNormalDiag(mean, tf.broadcast_to(scale, tf.shape(mean)))
 
     # ---- training: accumulate, then EM on S
-    def replica_step(self, images, indices, batch):
+    def step_on_replica(self, images, indices, batch):
         y = tf.reshape(tf.cast(images, tf.float64), [-1, self.pixels])
         self.stats.add({"count": tf.cast(tf.shape(y)[0], tf.float64),
                         "sum": tf.reduce_sum(y, 0),
@@ -296,7 +296,7 @@ class GMMByEM(EM, ExactLogLikelihood, ImageSampler):
             flat = self.distribution().sample(num, seed=tf.constant([seed, 0], tf.int32))
         return tf.reshape(flat, [num, *self.image_shape])
 
-    def replica_step(self, images, indices, batch):
+    def step_on_replica(self, images, indices, batch):
         y = tf.reshape(tf.cast(images, tf.float32), [-1, self.pixels])
         joint = self._component_log_prob(y)                                  # [B, K]
         log_lik = tf.reduce_logsumexp(joint, -1)

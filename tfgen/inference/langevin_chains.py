@@ -150,7 +150,7 @@ class LangevinChainScheme(Scheme, FittedPosterior):
         self.optimizer.learning_rate.assign(self.cfg.train.learning_rate)
 
     # ---- the step
-    def replica_step(self, images, indices, batch):
+    def step_on_replica(self, images, indices, batch):
         images = self.data.transform_batch(images, transform_noise(batch, images))
         d, k = self.model.latent_dim, self.params.langevin_steps
         # row m: [K + 1, d] normals, the first for short_run's start, then one per move

@@ -196,7 +196,7 @@ class PerDatapointScheme(Scheme, PerDatapointLatents, FittedPosterior):
         self.optimizer.learning_rate.assign(self.cfg.train.learning_rate)
 
     # ---- the step
-    def replica_step(self, images, indices, batch):
+    def step_on_replica(self, images, indices, batch):
         images = self.data.transform_batch(images, transform_noise(batch, images))
         rows = self.latents.gather(batch.replica, indices)
         theta = self.model.theta

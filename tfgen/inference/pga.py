@@ -267,7 +267,7 @@ class PGA(Scheme, PerDatapointLatents, FittedPosterior):
         self.theta_optimizer.apply_gradients(zip(grads, self.model.theta))
 
     # ------------------------------------------------------------------ the step
-    def replica_step(self, images, indices, batch):
+    def step_on_replica(self, images, indices, batch):
         images = self.data.transform_batch(images, transform_noise(batch, images))
         batch_particles = self.latents.gather(batch.replica, indices)  # X_k for B_k
         out, grads = self.theta_gradient(images, batch_particles, batch)  # at theta_k

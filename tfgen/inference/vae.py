@@ -69,7 +69,7 @@ class VAE(Scheme, AmortizedPosterior, PosteriorEstimates):
     def posterior(self, images, training=False):
         return gaussian_posterior(*split_gaussian_params(self.encoder(images, training=training)))
 
-    def replica_step(self, images, indices, batch):
+    def step_on_replica(self, images, indices, batch):
         images = self.data.transform_batch(images, transform_noise(batch, images))
         variables = self.model.theta + self.encoder.trainable_variables
         # [S, b, d] reparameterization noise: this replica's images' share of the batch's
