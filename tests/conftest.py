@@ -183,3 +183,36 @@ def resume(run_dir: Path, *sets: str) -> CliResult:
     """``tfgen run --resume RUN_DIR --quiet`` with ``--set`` each of ``sets``, in this process."""
     args = [arg for s in sets for arg in ("--set", s)]
     return run_cli("run", "--resume", str(run_dir), "--quiet", *args)
+
+
+def tiny_residual_run(name: str, idx_folder: Path, out: Path) -> str:
+    """The head of a tiny run's TOML on Kuntz et al.'s (2023) residual decoder (48 training
+    images in [-1, 1], d = 3, a Normal likelihood): [experiment] to [model.likelihood]; the
+    caller adds [inference] and the rest."""
+    return f"""
+[experiment]
+name = "{name}"
+seed = 5
+output_dir = "{out}"
+
+[data]
+source = "idx"
+path = "{idx_folder}"
+train_split = "train[:48]"
+val_split = ""
+test_split = "test[:8]"
+pixel_range = "[-1,1]"
+
+[model.prior]
+dim = 3
+
+[model.decoder]
+name = "residual_decoder"
+channels = 4
+projection_channels = 2
+residual_layers = 1
+
+[model.likelihood]
+name = "normal"
+sigma = 0.3
+"""

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import ppca_helpers as ppca
-from conftest import build_in_memory, run_cli
+from conftest import build_in_memory, run_cli, tiny_residual_run
 from ppca_helpers import linear_theta
 from tfgen.assemble import from_dict
 from tfgen.errors import ConfigError
@@ -233,33 +233,7 @@ def test_bad_chain_values_name_the_key(key, value):
 # --------------------------------------------------------------------------- tfgen run
 
 def chain_config(scheme: str, idx_folder: Path, out: Path, epochs: int) -> str:
-    return f"""
-[experiment]
-name = "tiny_{scheme}"
-seed = 5
-output_dir = "{out}"
-
-[data]
-source = "idx"
-path = "{idx_folder}"
-train_split = "train[:48]"
-val_split = ""
-test_split = "test[:8]"
-pixel_range = "[-1,1]"
-
-[model.prior]
-dim = 3
-
-[model.decoder]
-name = "residual_decoder"
-channels = 4
-projection_channels = 2
-residual_layers = 1
-
-[model.likelihood]
-name = "normal"
-sigma = 0.3
-
+    return tiny_residual_run(f"tiny_{scheme}", idx_folder, out) + f"""
 [inference]
 scheme = "{scheme}"
 langevin_steps = 3

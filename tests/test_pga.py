@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import ppca_helpers as ppca
-from conftest import build_in_memory, run_cli
+from conftest import build_in_memory, run_cli, tiny_residual_run
 from ppca_helpers import linear_theta, ppca_sample, tipping_bishop_ml
 from tfgen.assemble import from_dict
 from tfgen.errors import ConfigError
@@ -406,33 +406,7 @@ def test_inpainting_task_runs_for_a_vae(tmp_path):
 # --------------------------------------------------------------------------- (e) tfgen run
 
 def pga_config(idx_folder: Path, out: Path, epochs: int, compile_mode: str = "graph") -> str:
-    return f"""
-[experiment]
-name = "tiny_pga"
-seed = 5
-output_dir = "{out}"
-
-[data]
-source = "idx"
-path = "{idx_folder}"
-train_split = "train[:48]"
-val_split = ""
-test_split = "test[:8]"
-pixel_range = "[-1,1]"
-
-[model.prior]
-dim = 3
-
-[model.decoder]
-name = "residual_decoder"
-channels = 4
-projection_channels = 2
-residual_layers = 1
-
-[model.likelihood]
-name = "normal"
-sigma = 0.3
-
+    return tiny_residual_run("tiny_pga", idx_folder, out) + f"""
 [inference]
 scheme = "pga"
 particles = 2
