@@ -100,8 +100,7 @@ def test_complete_takes_a_mask_name_or_array(opened):
      "encode(images): images of the run's shape are needed; given 'shape [2, 27, 28]'"),
     (lambda r: r.sample(0), "sample(n=...): must be a positive integer; given 0"),
     (lambda r: r.sample(2, sampler="particle_gaussian"),
-     "sample(sampler=...): sampler 'particle_gaussian' needs per-datapoint latents, which "
-     "scheme 'vae' does not have"),
+     "sample(sampler=...): sampler 'particle_gaussian' needs a cloud of training-image latents"),
     (lambda r: r.decode(np.zeros((2, 3))), "decode(z): latents must be [n, d]"),
 ])
 def test_bad_arguments_are_one_line(opened, call, message):
