@@ -31,7 +31,6 @@ or one at a time gives the same result.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Literal, NamedTuple
 
@@ -182,8 +181,8 @@ class LatentFitter:
             bad = tf.where(improved, tf.zeros_like(bad), bad + tf.cast(active, bad.dtype))
             if c.method == "langevin":
                 # gradient of the log density is -grad of the objective (prior_weight 1)
-                moved = params - c.step_size * grad + math.sqrt(2.0 * c.step_size) * noise_at(t)
-                new_params, new_state = moved, state
+                new_params = kernels.langevin_step(params, -grad, c.step_size, noise=noise_at(t))
+                new_state = state
             else:
                 new_params, new_state = self.optimizer.masked_step(params, grad, state, active)
             steps = steps + tf.cast(active, steps.dtype)
