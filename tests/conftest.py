@@ -114,6 +114,12 @@ task = "curves"
 """
 
 
+def learned(history: list[dict]) -> list[dict]:
+    """A history without its wall times (``train_seconds``), which differ between two runs that
+    learn exactly the same: what resume and reproducibility tests compare."""
+    return [{k: v for k, v in record.items() if k != "train_seconds"} for record in history]
+
+
 def build_in_memory(raw_config: dict, images: np.ndarray, pixel_range=(0.0, 1.0),
                     labels: np.ndarray | None = None):
     """A scheme on in-memory training images, built by the runner's own ``build``."""

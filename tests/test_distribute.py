@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, run_cli, run_process, tiny_config
+from conftest import REPO, learned, run_cli, run_process, tiny_config
 from tfgen.runtime import loopback_workers
 
 MIRRORED = ["--set", "runtime.strategy=mirrored", "--set", "runtime.cpu_devices=2"]
@@ -60,7 +60,7 @@ def run_dir_of(output: str) -> Path:
 
 
 def history(run_dir: Path) -> list[dict]:
-    return json.loads((run_dir / "history.json").read_text())
+    return learned(json.loads((run_dir / "history.json").read_text()))
 
 
 def checkpoint_values(run_dir: Path) -> dict[str, np.ndarray]:

@@ -121,6 +121,10 @@ class TrainConfig:
     compile: Literal["auto", "graph", "xla", "eager"] = setting(
         "auto", help="auto = graph on CPU (measured faster than XLA here), xla on GPU")
     early_stopping: EarlyStoppingConfig = setting(factory=EarlyStoppingConfig)
+    time_budget_s: float = setting(
+        0.0, at_least=0.0, help="stop training once it has taken this many seconds of wall time, "
+                                "summed over resumed sessions (0 = no budget); a stopping rule "
+                                "like early stopping: checkpoint, then evaluate")
     checkpoint_every_epochs: int = setting(1, at_least=1)
     keep_checkpoints: int = setting(2, at_least=1)
 

@@ -11,6 +11,7 @@ which is the order of their effects (messages, files, the stop of a run):
 * :class:`Summaries` -- TensorBoard's scalars, images and hyper-parameters;
 * :class:`ProgressLine` -- the progress bar and the epoch's line on stderr;
 * :class:`EarlyStopping` -- the best epoch, patience, the message when it stops training;
+* :class:`TimeBudget` -- ``train.time_budget_s``: training ends when its wall time is spent;
 * :class:`Checkpointing` -- the best weights as they improve, the state every
   ``train.checkpoint_every_epochs`` epochs and when training ends;
 * :class:`StopOnSignal` -- a stop signal's request honoured at the next safe point;
@@ -226,6 +227,49 @@ class EarlyStopping(Callback):
                 "best_epoch": best_epoch + 1 if best_epoch >= 0 else None,
                 "monitor": self.monitor,
                 "best_" + self.monitor: best if math.isfinite(best) else None}
+
+
+class TimeBudget(Callback):
+    """``train.time_budget_s``: once training has taken that many wall seconds (over every
+    session of the run: :meth:`TrainingState.train_seconds`), training ends after the executor
+    call in progress -- mid-epoch with the epoch's running sums kept, as a stop signal keeps
+    them -- and the run is checkpointed and evaluated as after early stopping.  A resumed run
+    trains for the remainder, and not at all once the budget is spent.  So that methods with
+    equal budgets compare fairly, compilation, validation and checkpoints count too."""
+
+    def __init__(self, state: TrainingState, progress: Progress):
+        self.state, self.progress = state, progress
+        self.budget = state.cfg.train.time_budget_s
+        self.stopped = False
+
+    def _spent(self) -> bool:
+        return bool(self.budget) and self.state.train_seconds() >= self.budget
+
+    def on_train_begin(self):
+        # spent by the sessions before this one (a session that starts trains at least once)
+        if self.budget and self.state.seconds_before >= self.budget:
+            self.stopped = self.loop.stop_training = True
+
+    def on_steps_end(self, epoch, steps):
+        if self._spent():
+            if epoch.images_left > 0:
+                self.state.keep_partial_sums(epoch.sums, epoch.count)
+            self.stopped = self.loop.stop_training = True
+
+    def on_epoch_end(self, epoch, record):
+        if self._spent():
+            self.stopped = self.loop.stop_training = True
+
+    def on_train_end(self):
+        if self.stopped:
+            self.progress.message(
+                f"time budget: training stopped at {self.state.position()} after "
+                f"{self.state.train_seconds():.0f} s (train.time_budget_s = {self.budget:g})")
+
+    def summary(self) -> dict:
+        """The training summary's part (metrics.json's ``train``)."""
+        return {"stopped_by_time_budget": self.stopped,
+                "train_seconds": self.state.train_seconds()}
 
 
 def monitored(scheme, data) -> str:

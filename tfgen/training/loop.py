@@ -2,8 +2,8 @@
 
 Python control flow lives here; the per-batch work is the scheme's ``step_on_replica``,
 compiled and run several steps per call by :class:`tfgen.execution.StepExecutor`.  What
-happens around the steps -- summaries, progress, early stopping, checkpoints, NaN, stop
-signals -- is in :mod:`tfgen.training.callbacks`; what a run continues from, in
+happens around the steps -- summaries, progress, early stopping, the time budget,
+checkpoints, NaN, stop signals -- is in :mod:`tfgen.training.callbacks`; what a run continues from, in
 :class:`tfgen.training.state.TrainingState`.
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ from tfgen.execution import StepExecutor
 from tfgen.signals import InterruptFlag, hook_from_env
 from tfgen.training.callbacks import (Callback, Checkpointing, EarlyStopping, Epoch,
                                       ProgressLine, RestoreBestWeights, SignalAtStep, Steps,
-                                      StopOnNaN, StopOnSignal, Summaries, monitored)
+                                      StopOnNaN, StopOnSignal, Summaries, TimeBudget,
+                                      monitored)
 from tfgen.training.progress import Progress
 from tfgen.training.state import TrainingState
 
@@ -44,15 +45,18 @@ class TrainingLoop:
 
     def run(self) -> None:
         state, epochs = self.state, self.cfg.train.epochs
+        state.session_started = time.monotonic()
         self._call("on_train_begin")
         self._host_step = state.steps_done()
         while not self.stop_training and state.epochs_done() < epochs:
             epoch = self._begin_epoch()
             self._call("on_epoch_begin", epoch)
             batches = iter(self.scheme.layout.distribute(self._epoch_batches(epoch)))
-            while epoch.images_left > 0:
+            while epoch.images_left > 0 and not self.stop_training:
                 steps = self._run_steps(batches, epoch)
                 self._call("on_steps_end", epoch, steps)
+            if epoch.images_left > 0:  # stopped mid-epoch (a time budget): its sums are kept
+                break
             epoch.steps_done()
             record = self._record(epoch)
             state.end_epoch(record)
@@ -118,6 +122,7 @@ class TrainingLoop:
         if self.data.val is not None and self.scheme.validation_metrics:
             values = self.scheme.validate(self.data.val, self.cfg.experiment.seed + 1 + epoch.index)
             record.update({f"val_{name}": values[name] for name in self.scheme.validation_metrics})
+        record["train_seconds"] = self.state.train_seconds()  # cumulative, for curves over time
         return record
 
 
@@ -133,8 +138,9 @@ def fit(state: TrainingState, data: DataBundle, progress: Progress,
     wall_start = time.monotonic()
     cfg = state.cfg
     early_stopping = EarlyStopping(state, monitored(state.scheme, data), progress)
+    time_budget = TimeBudget(state, progress)
     callbacks = [SignalAtStep(hook_from_env()), StopOnNaN(state), Summaries(state, data),
-                 ProgressLine(progress, cfg.train.epochs), early_stopping,
+                 ProgressLine(progress, cfg.train.epochs), early_stopping, time_budget,
                  Checkpointing(state, early_stopping, interrupt), StopOnSignal(state, interrupt)]
     if cfg.train.early_stopping.patience and cfg.train.early_stopping.restore_best:
         callbacks.append(RestoreBestWeights(state))
@@ -142,7 +148,7 @@ def fit(state: TrainingState, data: DataBundle, progress: Progress,
     loop.run()
     return {"epochs_completed": len(state.history), "steps": state.steps_done(),
             "images_seen": int(state.images_seen.numpy()),
-            **early_stopping.summary(),
+            **early_stopping.summary(), **time_budget.summary(),
             "wall_seconds_this_session": time.monotonic() - wall_start,
             "images_per_second": (loop.images_trained / loop.train_seconds
                                   if loop.train_seconds else None)}

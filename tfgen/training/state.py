@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from pathlib import Path
 from typing import Callable, ContextManager
 
@@ -69,6 +70,10 @@ class TrainingState:
                                           root=run_dir)
         self.history: list[dict] = []
         self.history_path = run_dir / "history.json"
+        # training wall time: the sessions before this one's (from the restored progress) and
+        # when this one's training started (train.time_budget_s counts both)
+        self.seconds_before = 0.0
+        self.session_started: float | None = None
         self._unsaved = True  # the state changed since the last checkpoint
 
     # ------------------------------------------------------------------ restore
@@ -97,6 +102,7 @@ class TrainingState:
             return None
         self.scheme.after_restore()
         self.history = json.loads(self.history_json.numpy().decode())
+        self.seconds_before = self._saved_seconds()
         self._unsaved = False
         return restored
 
@@ -129,6 +135,21 @@ class TrainingState:
                      f"{self.cfg.train.batch_size} (it was {saved})")
         return text
 
+    def train_seconds(self) -> float:
+        """Wall seconds of training so far, every session's (compilation, validation and
+        checkpoints included: what a time budget is spent on)."""
+        running = (time.monotonic() - self.session_started
+                   if self.session_started is not None else 0.0)
+        return self.seconds_before + running
+
+    def _saved_seconds(self) -> float:
+        """The training seconds the restored progress holds: the epoch in progress's, else
+        the last epoch record's (runs from before the count have none: 0)."""
+        text = self.partial.numpy().decode()
+        if text and "seconds" in json.loads(text):
+            return float(json.loads(text)["seconds"])
+        return float(self.history[-1].get("train_seconds", 0.0)) if self.history else 0.0
+
     def step_counters(self) -> dict[str, tf.Variable]:
         """The counters a :class:`tfgen.execution.StepExecutor` advances on the device."""
         return {"step": self.step, "batches": self.batches_in_epoch,
@@ -158,7 +179,7 @@ class TrainingState:
     def keep_partial_sums(self, sums: dict, count: int) -> None:
         """The epoch in progress's running sums, for a checkpoint taken mid-epoch."""
         self.partial.assign(json.dumps({"sums": {k: float(v) for k, v in sums.items()},
-                                        "count": count}))
+                                        "count": count, "seconds": self.train_seconds()}))
 
     def end_epoch(self, record: dict) -> None:
         """The epoch in progress is done; ``record`` is its line of the history."""
