@@ -79,6 +79,19 @@ def test_methods_give_the_runs_own_numbers(opened):
     assert set(np.unique(drawn)) <= {0.0, 1.0}
 
 
+def test_a_vaes_particle_gaussian_is_fitted_to_the_encoder_means(opened):
+    """``particle_gaussian`` on a VAE: N(mu, Sigma) of E_q[z | y_m] over the training images."""
+    from tfgen.inference import samplers
+
+    means = opened.encode(opened.data.train.images).mean().numpy().astype(np.float64)
+    np.testing.assert_allclose(samplers.training_latents(opened._scheme), means, rtol=1e-5,
+                               atol=1e-6)
+    z = samplers.sample_latents("particle_gaussian", opened._scheme, 20000, seed=3).numpy()
+    np.testing.assert_allclose(z.mean(0), means.mean(0), atol=0.05 * means.std(0).max())
+    np.testing.assert_allclose(np.cov(z.T), np.cov(means.T), rtol=0.1, atol=1e-3)
+    assert opened.sample(3, sampler="particle_gaussian").shape == (3, 28, 28, 1)
+
+
 def test_complete_takes_a_mask_name_or_array(opened):
     images = opened.data.test.images[:3]
     named = opened.complete(images, mask="right_half", steps=5, fill="mean")
@@ -99,8 +112,9 @@ def test_complete_takes_a_mask_name_or_array(opened):
     (lambda r: r.encode(np.zeros((2, 27, 28))),
      "encode(images): images of the run's shape are needed; given 'shape [2, 27, 28]'"),
     (lambda r: r.sample(0), "sample(n=...): must be a positive integer; given 0"),
-    (lambda r: r.sample(2, sampler="particle_gaussian"),
-     "sample(sampler=...): sampler 'particle_gaussian' needs a cloud of training-image latents"),
+    (lambda r: r.sample(2, sampler="particle_gausian"),
+     "sample(sampler=...): unknown sampler; given 'particle_gausian'; allowed: 'prior', "
+     "'particle_gaussian', 'gmm'"),
     (lambda r: r.decode(np.zeros((2, 3))), "decode(z): latents must be [n, d]"),
 ])
 def test_bad_arguments_are_one_line(opened, call, message):
@@ -183,6 +197,11 @@ def test_what_a_gan_lacks_is_refused_with_the_clis_error(gan_run):
         text = str(caught.value)
         assert text.startswith(f"{gan_run / 'config.toml'}: inference.scheme: {needed_by} "
                                f"{needs}"), text
+    with pytest.raises(ConfigError) as caught:
+        run.sample(2, sampler="particle_gaussian")
+    assert ("sample(sampler=...): sampler 'particle_gaussian' needs latents of the training "
+            "images (a latent cloud, or an encoder), which scheme 'gan' does not have"
+            in str(caught.value)), str(caught.value)
     # the same refusal as the command line's, for the same missing capability
     cli = run_cli("eval", str(gan_run), "--task", "elbo")
     assert cli.returncode == 2 and needs_q in cli.stderr

@@ -8,9 +8,13 @@ final particle cloud (X^{n,m})_{n <= N, m <= M},
     mu = 1/(NM) sum_{n,m} X^{n,m},   Sigma = 1/(NM - 1) sum_{n,m} (X^{n,m} - mu)(X^{n,m} - mu)^T,
 
 because the decoder is trained where the particles are, which need not be where the prior
-puts its mass.  It needs a scheme with a cloud of training latents (the
+puts its mass.  It is fitted to the training images' latents, as ``gmm`` is (see
+:func:`training_latents`): a scheme's cloud of training latents (the
 :class:`~tfgen.inference.capabilities.LatentCloud` interface, whose ``latent_cloud()``
-returns them as [M * N, d]: PGA's particles, or short_run's fresh chains).
+returns them as [M * N, d]: PGA's particles, abp's latents, short_run's fresh chains), else
+the encoder's means E_q[z | y_m] (a VAE's aggregate posterior fitted by one Gaussian -- the
+one-component case of Ghosh et al.'s (2020) ex-post density estimation -- so that seed 000's
+comparison draws every method's samples the same way).
 
 ``gmm`` (Chadebec & Allassonniere 2022, "A geometric perspective on variational autoencoders",
 who report that drawing a VAE's latents from a mixture fitted to the training latents
@@ -41,7 +45,7 @@ from tfgen.schema import setting
 Sampler = Literal["prior", "particle_gaussian", "gmm"]
 SAMPLERS = typing.get_args(Sampler)
 #: the capability each sampler needs from the scheme
-NEEDS = {"prior": LatentSampler, "particle_gaussian": LatentCloud, "gmm": TrainingLatents}
+NEEDS = {"prior": LatentSampler, "particle_gaussian": TrainingLatents, "gmm": TrainingLatents}
 
 
 def check_sampler(cfg, sampler: str, key: str) -> None:
@@ -130,7 +134,7 @@ def sample_latents(sampler: str, scheme, num: int, seed: int,
         dist = scheme.model.prior.distribution()
         return dist.sample(num, seed=tf.constant([seed, 0], tf.int32))
     if sampler == "particle_gaussian":
-        return sample_particle_gaussian(scheme.latent_cloud(), num, seed)
+        return sample_particle_gaussian(training_latents(scheme), num, seed)
     if sampler == "gmm":
         return tf.constant(sample_gmm(scheme_gmm(scheme, gmm), num, seed), tf.float32)
     raise ValueError(f"unknown sampler {sampler!r}")  # config validation rules this out
