@@ -161,3 +161,46 @@ def test_a_missing_run_directory_is_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr == (f"error: {tmp_path / 'nowhere'}: does not exist; tfgen export "
                              f"takes a run directory, <output_dir>/<name>/<timestamp>\n")
+
+
+#: a plugin likelihood whose p(y | z) is not a product of per-pixel factors (no ``Factorized``)
+JOINT_LIKELIHOOD = '''
+from tfgen.models.likelihood_capabilities import Discrete
+from tfgen.models.likelihoods import BernoulliLikelihood, Likelihood
+from tfgen.registry import LIKELIHOODS
+
+
+@LIKELIHOODS.register("joint_bernoulli")
+class JointBernoulli(Likelihood, Discrete):
+    """A Bernoulli that does not declare per-pixel factors (test plugin)."""
+
+    _pixel_distribution = BernoulliLikelihood._pixel_distribution
+'''
+
+
+@pytest.fixture(scope="module")
+def joint_plugin(tmp_path_factory) -> Path:
+    """The plugin file, one per module (a process loads a plugin's names once)."""
+    plugin = tmp_path_factory.mktemp("plugin") / "joint_likelihood.py"
+    plugin.write_text(JOINT_LIKELIHOOD)
+    return plugin
+
+
+@pytest.mark.parametrize("likelihood", ["pixelcnn", "joint_bernoulli"])
+def test_a_likelihood_without_per_pixel_factors_is_refused_as_a_capability(
+        likelihood, joint_plugin, tmp_path, idx_folder):
+    """The built-in pixelcnn and a plugin's likelihood lacking the Factorized capability are
+    refused by one rule, from the config, before data or checkpoint are read."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(tiny_config(idx_folder, tmp_path).replace(
+        'name = "bernoulli"', f'name = "{likelihood}"\nlevels = 2' if likelihood == "pixelcnn"
+        else f'name = "{likelihood}"'))
+    result = run_cli("export", str(run), "--plugin", str(joint_plugin))
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        f"error: {run / 'config.toml'}: model.likelihood.name: tfgen export needs a likelihood "
+        f"that factorizes over pixels (per-pixel marginals), which likelihood {likelihood!r} does "
+        f"not have; given {likelihood!r}; allowed: model.likelihood.name = 'bernoulli' or ")
+    assert result.stderr.count("\n") == 1
+    assert sorted(p.name for p in run.iterdir()) == ["config.toml"]

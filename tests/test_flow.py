@@ -21,7 +21,8 @@ def flow_scheme(images=IMAGES):
         "train": {"batch_size": 8, "learning_rate": 1e-2}, "evaluate": []}, images)
     rng = np.random.default_rng(1)
     for net in scheme.networks:  # away from the identity the couplings start as
-        net.out.kernel.assign(0.3 * rng.normal(size=net.out.kernel.shape).astype(np.float32))
+        head = net.network.head
+        head.kernel.assign(0.3 * rng.normal(size=head.kernel.shape).astype(np.float32))
     return scheme
 
 

@@ -278,8 +278,24 @@ def test_shape_mismatch_names_both_shapes_at_validate(tmp_path):
     path, result = _validate(tmp_path, data=data)  # auto: a 14x14 map cannot get a 1x1 head
     assert result.returncode == 2 and "outputs (14, 14, 64), but this network must output " \
                                       "(28, 28, 1)" in result.stderr
-    path, result = _validate(tmp_path)  # the data's shape: checked when the run builds
+    path, result = _validate(tmp_path)  # no data to read the shape from: checked at run time
     assert result.returncode == 0, result.stderr
+    assert (f"note: {path}: model.decoder: its layers' shapes are checked when tfgen run builds "
+            f"the networks" in result.stdout)
+
+
+def test_validate_reads_the_image_shape_from_the_data_headers(tmp_path, idx_folder):
+    """An IDX folder's and an .npz file's image shape come from their headers: validate
+    refuses the mismatch that run would, without a resize in the config."""
+    npz = tmp_path / "images.npz"
+    np.savez(npz, x_train=np.zeros((6, 28, 28), np.uint8), x_test=np.zeros((2, 28, 28), np.uint8))
+    for source in (f'source = "idx"\npath = "{idx_folder}"', f'source = "npz"\npath = "{npz}"'):
+        data = f'[data]\n{source}\nbinarize = "static"\ntrain_split = "train"\nval_split = ""\n'
+        path, result = _validate(tmp_path, head='head = "none"', data=data)
+        assert result.returncode == 2
+        assert result.stderr.strip().startswith(
+            f"error: {path}: model.decoder.layers: the last layer outputs (14, 14, 64), but this "
+            f"network must output (28, 28, 1) per example")
 
 
 def test_shape_mismatch_from_the_data_refused_before_a_run_directory(tmp_path, idx_folder):

@@ -36,8 +36,9 @@ def randomized_flow(dim=5, layers=3) -> RealNVPPrior:
     prior = RealNVPPrior(RealNVPConfig(dim=dim, coupling_layers=layers, hidden=[16]))
     rng = np.random.default_rng(1)
     for net in prior.networks:  # away from the identity the flow starts as
-        net.out.kernel.assign(0.5 * rng.normal(size=net.out.kernel.shape).astype(np.float32))
-        net.out.bias.assign(0.3 * rng.normal(size=net.out.bias.shape).astype(np.float32))
+        head = net.network.head
+        head.kernel.assign(0.5 * rng.normal(size=head.kernel.shape).astype(np.float32))
+        head.bias.assign(0.3 * rng.normal(size=head.bias.shape).astype(np.float32))
     return prior
 
 
@@ -109,7 +110,7 @@ def test_each_prior_trains_under_each_scheme(prior, scheme):
     if prior == "realnvp":  # the flow starts as the identity, whose last layers have zero
         # gradient only at exactly zero input to them; move it off so every variable learns
         for net in s.model.prior.networks:
-            net.out.kernel.assign(tf.fill(net.out.kernel.shape, 0.1))
+            net.network.head.kernel.assign(tf.fill(net.network.head.kernel.shape, 0.1))
     before = [v.numpy().copy() for v in prior_vars]
     for _ in range(3):
         idx = np.array([0, 3, 5, 6])

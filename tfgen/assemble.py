@@ -133,15 +133,11 @@ def cross_check(cfg: Config) -> None:
             checks.append(check)
     for i, task in enumerate(cfg.evaluate):
         checks.append(functools.partial(_task_check, task, i))
-    # A network's config is used in several places (decoder, encoder, discriminator), so its
-    # check is told the key path it sits at.
-    for section, owner in [("model", cfg.model), ("inference", cfg.inference.params)]:
-        for sub in dataclasses.fields(owner):
-            value = getattr(owner, sub.name)
-            if (isinstance(value, Component) and sub.metadata.get("registry") == "networks"
-                    and hasattr(value.params, "check")):
-                checks.append(functools.partial(value.params.check,
-                                                key=f"{section}.{sub.name}"))
+    # A network's config is used in several places (decoder, encoder, discriminator, a
+    # coupling network), so its check is told the key path it sits at.
+    for key, network in networks_of(cfg):
+        if hasattr(network.params, "check"):
+            checks.append(functools.partial(network.params.check, key=key))
     errors = []
     for check in checks:
         try:
@@ -150,6 +146,31 @@ def cross_check(cfg: Config) -> None:
             errors.append(err)
     if errors:
         raise ConfigError.combine(errors)
+
+
+def networks_of(cfg: Config) -> list[tuple[str, Component]]:
+    """(key path, component) of every network the config chooses: the model's, the prior's
+    (a coupling network) and the scheme's."""
+    found = []
+    for section, owner in [("model", cfg.model), ("model.prior", cfg.model.prior.params),
+                           ("inference", cfg.inference.params)]:
+        for sub in dataclasses.fields(owner):
+            value = getattr(owner, sub.name)
+            if isinstance(value, Component) and sub.metadata.get("registry") == "networks":
+                found.append((f"{section}.{sub.name}", value))
+    return found
+
+
+def unchecked_at_load(cfg: Config) -> list[str]:
+    """What the load-time checks of the config's networks left to ``tfgen run`` (each
+    network's ``unchecked(cfg, key)``), for ``tfgen validate`` to say."""
+    notes = []
+    for key, network in networks_of(cfg):
+        unchecked = getattr(network.params, "unchecked", None)
+        note = unchecked(cfg, key) if unchecked is not None else None
+        if note:
+            notes.append(note)
+    return notes
 
 
 def _check_runtime_lists(cfg: Config) -> None:

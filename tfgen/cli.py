@@ -172,8 +172,10 @@ def validate(
                                                       "that fails to load."),
 ) -> None:
     """Check experiment files without running them: every error of every file, one line each
-    (exit 2 if any file is bad)."""
-    from tfgen.assemble import load_config
+    (exit 2 if any file is bad). The shapes of a layers network are checked too, where the
+    image shape follows from the config or the data's headers; else a note says tfgen run
+    checks them."""
+    from tfgen.assemble import load_config, unchecked_at_load
     from tfgen.errors import TfgenError
 
     with _one_line_errors(debug):
@@ -189,6 +191,8 @@ def validate(
             continue
         typer.echo(f"ok: {file} (scheme {cfg.inference.name}, likelihood "
                    f"{cfg.model.likelihood.name}, decoder {cfg.model.decoder.name})")
+        for note in unchecked_at_load(cfg):
+            typer.echo(f"note: {file}: {note}")
     if failed:
         raise typer.Exit(2)
 

@@ -19,9 +19,12 @@ one, its encoder, with three ``tf.function`` serving signatures:
 * ``encode(images [n, H, W, C] float32)`` -> ``mean``, ``stddev`` and ``log_variance`` of
   q(z | y), for schemes with an amortized posterior (vae, bigan, em ppca).
 
-A scheme without a decoder and a prior (flow, autoregressive, em gmm) and the autoregressive
-``pixelcnn`` likelihood (no per-pixel parameters; sampling it is a loop over the pixels) are
-refused in one line.  ``tfgen_export.json`` beside ``saved_model.pb`` records the run, the
+What it needs is asked of the capabilities, as a task asks (:mod:`tfgen.capability`): of the
+scheme a decoder with a likelihood (``DecoderLikelihood``) and prior samples
+(``LatentSampler``), which flow, autoregressive and em gmm lack; of the likelihood per-pixel
+factors (``Factorized``: their parameters are what ``decode`` serves), which the autoregressive
+``pixelcnn`` lacks.  A config whose scheme or likelihood (a plugin's too) lacks one is
+refused in one line naming the capability, before anything is read or written.  ``tfgen_export.json`` beside ``saved_model.pb`` records the run, the
 weights, the shapes and the signatures.
 
 The export is written to a temporary folder beside the target and moved into place with
@@ -43,6 +46,8 @@ from tfgen.assemble import load_config
 from tfgen.errors import ConfigError
 from tfgen.inference.capabilities import (AmortizedPosterior, DecoderLikelihood, LatentSampler,
                                           require)
+from tfgen.models import likelihood_capabilities
+from tfgen.models.likelihood_capabilities import Factorized
 from tfgen.rundir import CONFIG_NAME, open_run_dir
 from tfgen.runner import open_run
 
@@ -64,11 +69,8 @@ def export_run(run_dir: str, out: str | None = None, memory_check: bool = True) 
     cfg = load_config(path / CONFIG_NAME)
     for capability in (DecoderLikelihood, LatentSampler):
         require(cfg, capability, "inference.scheme", "tfgen export")
-    if cfg.model.likelihood.name == "pixelcnn":
-        raise ConfigError(cfg.source_file, "model.likelihood.name", "tfgen export serves "
-                          "per-pixel likelihoods; the pixelcnn likelihood is autoregressive "
-                          "(no per-pixel parameters to serve)", "pixelcnn",
-                          "normal, beta, categorical, bernoulli, discretized_logistic_mixture")
+    # ``decode`` serves the parameters of the per-pixel factor p(y_i | z)
+    likelihood_capabilities.require(cfg, Factorized, "model.likelihood.name", "tfgen export")
     _refuse_target(target, out)
     with runlock.holding(path, f"tfgen export {path}"):
         opened = open_run(str(path), None, "tfgen export", memory_check, purpose="export")

@@ -78,6 +78,16 @@ RUNS = [
         "evaluate.6.num_pairs=2",
         'evaluate.7.sampler="gmm"', "evaluate.7.num_samples=300",
         "evaluate.7.max_reference=300"]),
+    # the RealNVP coupling networks: the realnvp prior (under vae and pga) and the flow scheme
+    ("vae_flow_prior", "vae_flow_prior.toml", SMALL_DATA + [
+        "train.epochs=2", "train.steps_per_epoch=3", 'evaluate=[{task="elbo", split="test"}, '
+        '{task="samples"}]']),
+    ("pga_flow_prior", "pga_flow_prior.toml", [
+        "data.subsample=300", "train.epochs=2", "train.steps_per_epoch=3",
+        'data.test_split="test[:256]"', 'evaluate=[{task="samples", sampler="prior"}]']),
+    ("realnvp_mnist", "realnvp_mnist.toml", SMALL_DATA + [
+        "train.epochs=2", "train.steps_per_epoch=3", 'evaluate=[{task="log_likelihood", '
+        'estimator="exact", max_images=64}, {task="samples"}]']),
 ]
 #: metrics that measure time (they differ from run to run), and whether a classifier came from
 #: the cache (the first recording trains it, later ones read it)

@@ -45,6 +45,28 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, offset=header, count=count).reshape(dims)
 
 
+def idx_header_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape an IDX file's header states (its first 4 + 4 ndim bytes, decompressed
+    alone), or None where the header cannot be read (reading the file reports why)."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as fh:
+            magic = fh.read(4)
+            if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] not in _IDX_DTYPES:
+                return None
+            dims = fh.read(4 * magic[3])
+    except (OSError, EOFError, zlib.error):
+        return None
+    if len(dims) < 4 * magic[3]:
+        return None
+    return struct.unpack(f">{magic[3]}I", dims)
+
+
+def images_file(folder: Path) -> Path | None:
+    """The folder's first ``*-images-idx*`` file (by name), or None."""
+    return next((p for p in sorted(folder.iterdir()) if "-images-idx" in p.name), None)
+
+
 def has_idx(folder: Path) -> bool:
     return any("idx" in p.name for p in folder.iterdir())
 

@@ -17,11 +17,12 @@ from tfgen.config import DataConfig
 from tfgen.data import tfds as tfds_source
 from tfgen.data.bundle import DataBundle, Split
 from tfgen.data.checks import unreadable
-from tfgen.data.idx import has_idx, read_idx_folder
+from tfgen.data.idx import has_idx, idx_header_shape, images_file, read_idx_folder
 from tfgen.data.image_folder import has_images, read_image_folder
-from tfgen.data.npz import read_npz
+from tfgen.data.npz import npz_image_shape, read_npz
 from tfgen.data.splits import select
-from tfgen.data.transforms import converted_shape, pixel_range, source_shape, to_unit_range
+from tfgen.data.transforms import (converted_shape, converted_shape_of, pixel_range, source_shape,
+                                   to_unit_range)
 from tfgen.errors import ConfigError, DataError, DataFileError
 from tfgen.memory import check_data_memory
 
@@ -136,3 +137,40 @@ def _local_candidates(cfg: DataConfig, name: str) -> list[Path]:
         out += [Path(env) / name, Path(env) / name.replace("_", "-"), Path(env)]
     out += [Path(p) for p in KNOWN_LOCAL_DIRS.get(name, [])]
     return out
+
+
+def peek_image_shape(cfg: DataConfig) -> tuple[int, int, int] | None:
+    """The (H, W, C) the models will see, where it can be learned without loading the data:
+    from ``data.resize`` and ``data.color``, or from the source's header (an IDX file's, an
+    .npz array's, the TFDS info of a prepared copy; where TFDS has none, the header of the
+    local file :func:`load_data` would fall back to).  None otherwise (an image folder, or
+    a source that cannot be read: loading it reports why)."""
+    if cfg.resize and cfg.color != "keep":
+        return cfg.resize, cfg.resize, 1 if cfg.color == "grayscale" else 3
+    try:
+        shape = _peek_source_shape(cfg)
+    except (ConfigError, DataError, OSError):
+        return None
+    return converted_shape_of(shape, cfg) if shape is not None and len(shape) in (3, 4) else None
+
+
+def _peek_source_shape(cfg: DataConfig) -> tuple | None:
+    """[N, H, W(, C)] of the source's images as its header states it."""
+    if cfg.source == "tfds":
+        builder = tfds_source.builder(cfg, "<config>")
+        if builder.is_prepared():
+            return tfds_source.prepared_shape(builder)
+        candidates = _local_candidates(cfg, builder.name)
+    elif cfg.source in ("idx", "npz") and cfg.path:
+        candidates = [Path(cfg.path).expanduser()]
+    else:
+        return None
+    for path in candidates:
+        if path.is_dir() and has_idx(path):
+            first = images_file(path)
+            return idx_header_shape(first) if first is not None else None
+        if path.is_file() and path.suffix == ".npz":
+            return npz_image_shape(path)
+        if path.is_dir() and has_images(path):
+            return None
+    return None

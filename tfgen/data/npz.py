@@ -55,3 +55,23 @@ def read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                                 f"(found {arrays.files})",
                                 "name them e.g. x_train, y_train, x_test, y_test")
     return splits
+
+
+def npz_image_shape(path: Path) -> tuple[int, ...] | None:
+    """The shape of the first images array (``<split>_images`` or ``x_<split>``, by name) of an
+    .npz file from its .npy header, without reading the array; None where it cannot be read
+    (reading the file reports why)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = sorted(n[:-4] for n in archive.namelist() if n.endswith(".npy"))
+            key = next((n for n in names if n.endswith("_images") or n.startswith("x_")), None)
+            if key is None:
+                return None
+            with archive.open(f"{key}.npy") as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, _ = read_header(fh)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None
+    return tuple(shape)

@@ -59,3 +59,14 @@ def read_prepared(builder, cfg: DataConfig, file: str) -> tuple[dict, str]:
     except DataFileError as err:
         raise err.within(file, "data.data_dir") from None
     return splits, f"TFDS {cfg.name} from {builder.data_dir}"
+
+
+def prepared_shape(builder) -> tuple | None:
+    """[N, H, W, C] of the images of a prepared copy, from its info (N as 0: the info's
+    feature shape is per image), or None where the info gives no fixed image shape."""
+    features = builder.info.features
+    image = features["image"] if "image" in features else None
+    shape = getattr(image, "shape", None)
+    if not shape or len(shape) != 3 or any(d is None for d in shape):
+        return None
+    return (0, *shape)

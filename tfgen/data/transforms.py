@@ -25,7 +25,13 @@ def source_shape(images: np.ndarray) -> tuple[int, int, int]:
 
 def converted_shape(images: np.ndarray, cfg: DataConfig) -> tuple[int, int, int]:
     """(H, W, C) that :func:`to_unit_range` gives raw images of this shape."""
-    h, w, c = source_shape(images)
+    return converted_shape_of(images.shape, cfg)
+
+
+def converted_shape_of(shape: tuple, cfg: DataConfig) -> tuple[int, int, int]:
+    """(H, W, C) that :func:`to_unit_range` gives raw images of ``shape`` ([N, H, W] or
+    [N, H, W, C])."""
+    h, w, c = (*shape[1:3], shape[3] if len(shape) == 4 else 1)
     if cfg.color == "grayscale" and c == 3:
         c = 1
     elif cfg.color == "rgb" and c == 1:

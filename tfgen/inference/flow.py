@@ -13,15 +13,17 @@ what training maximises and what ``log_likelihood`` with ``estimator = "exact"``
 (one u per image, seeded): nats per image and bits/dim of the discrete image.  Samples
 invert the flow from v ~ N(0, I).
 
-The coupling networks are MLPs on the flattened image (``tfgen.models.priors.realnvp_bijector``,
-shared with the ``realnvp`` prior); the paper's multi-scale convolutional architecture is not
-here.  The config's prior, decoder and likelihood are not used (the flow is the model); pixels
+The coupling networks work on the flattened image (``tfgen.models.priors.realnvp_bijector``,
+shared with the ``realnvp`` prior): by default MLPs of ``hidden`` widths, or any network of
+the networks registry (``coupling``, e.g. ``name = "layers"``); the paper's multi-scale
+convolutional architecture (squeezing, checkerboard masks) is not here.  The config's prior, decoder and likelihood are not used (the flow is the model); pixels
 must be in [0, 1] and not binarized.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -30,9 +32,11 @@ import tensorflow_probability as tfp
 from tfgen.errors import ConfigError
 from tfgen.inference.base import MaximumLikelihood
 from tfgen.inference.capabilities import ImageSampler
-from tfgen.models.priors import realnvp_bijector
+from tfgen.models.model import with_file
+from tfgen.models.priors import (COUPLING_HELP, HIDDEN_HELP, check_coupling_keys, coupling_shapes,
+                                 realnvp_bijector)
 from tfgen.registry import SCHEMES
-from tfgen.schema import setting
+from tfgen.schema import Component, setting
 
 tfd = tfp.distributions
 SALT_DEQUANTIZE = 21
@@ -41,26 +45,40 @@ SALT_DEQUANTIZE = 21
 @dataclasses.dataclass
 class FlowConfig:
     #: keys that size checkpointed state: a resume may not change them (config.fixed_on_resume)
+    #: (``coupling``, a network key, is fixed as every scheme's network is)
     fixed_on_resume = ("coupling_layers", "hidden")
 
     coupling_layers: int = setting(8, at_least=1, at_most=128, help="affine coupling layers (masks "
                                                                     "alternate)")
-    hidden: list[int] = setting(factory=lambda: [512, 512], at_least=1, help="widths of each "
-                                                                             "coupling "
-                                                                     "network's hidden layers")
+    hidden: list[int] = setting(factory=lambda: [512, 512], at_least=1, help=HIDDEN_HELP)
+    coupling: Optional[Component] = setting(None, registry="networks", help=COUPLING_HELP)
     alpha: float = setting(0.05, at_least=0.0, at_most=0.49, help="a of the logit pre-processing "
                                                                   "logit(a + (1 - 2a) x) (RealNVP: "
                                                                   "0.05)")
     levels: int = setting(256, at_least=2, at_most=65536, help="pixel levels of the data (8-bit: "
                                                                "256)")
 
+    def network_shapes(self, field: str, image_shape) -> tuple[tuple | None, tuple | None]:
+        """(input, output) shape per example of the network at ``field`` (``coupling``) where
+        the image shape is known (for the load-time check of a ``layers`` network)."""
+        if image_shape is None:
+            return None, None
+        return coupling_shapes(int(np.prod(image_shape)))
+
     def check(self, cfg):
+        check_coupling_keys(self, cfg.source_file, "inference")
         if cfg.data.binarize != "none":
             raise ConfigError(cfg.source_file, "data.binarize", "the flow is a density on "
                               "dequantized pixel levels", cfg.data.binarize, "'none'")
         if cfg.data.pixel_range != "[0,1]":
             raise ConfigError(cfg.source_file, "data.pixel_range", "the flow dequantizes "
                               "levels in [0, 1]", cfg.data.pixel_range, "'[0,1]'")
+
+
+def coupling_bijector(params: FlowConfig, pixels: int):
+    """(f, its coupling networks) on [.., pixels] (``tfgen.models.priors.realnvp_bijector``)."""
+    return realnvp_bijector(pixels, params.coupling_layers, params.coupling, params.hidden,
+                            "inference.coupling", name="flow_coupling")
 
 
 def flow_log_density(bijector: tfp.bijectors.Bijector, alpha: float, x: tf.Tensor) -> tf.Tensor:
@@ -92,20 +110,18 @@ class Flow(MaximumLikelihood, ImageSampler):
         super().__init__(params, model, data, cfg, generator, strategy)
         self.image_shape = data.image_shape
         pixels = int(np.prod(data.image_shape))
-        self.bijector, self.networks = realnvp_bijector(pixels, params.coupling_layers,
-                                                        params.hidden, name="flow_coupling")
+        self.bijector, self.networks = with_file(cfg, lambda: coupling_bijector(params, pixels))
         self.build_optimizer()
 
     #: the keys that size the network (for the memory check's message)
-    size_keys = ("inference.hidden", "inference.coupling_layers")
+    size_keys = ("inference.hidden", "inference.coupling", "inference.coupling_layers")
 
     @staticmethod
     def traced_log_prob(params: FlowConfig, image_shape):
         """For the memory estimate (tfgen.resources): the coupling networks built in the
         caller's (scratch) graph, and a function of images [n, H, W, C] through them."""
         pixels = int(np.prod(image_shape))
-        bijector, _ = realnvp_bijector(pixels, params.coupling_layers, params.hidden,
-                                       name="flow_coupling")
+        bijector, _ = coupling_bijector(params, pixels)
         return lambda images: flow_log_density(bijector, params.alpha,
                                                tf.reshape(images, [-1, pixels]))
 

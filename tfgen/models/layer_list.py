@@ -33,10 +33,11 @@ never a callable), and an argument is a number, a string, a boolean or an array 
 class's ``__init__`` signature (plus the base layer's ``name``, ``trainable`` and ``dtype``)
 and, where the default decides it, their type; then every layer is constructed once, so
 Keras' own refusals become one-line errors at the key of the layer.  ``check`` does all that
-at load time (``tfgen validate``), and builds the layers on their input shape where the
-config fixes it (a decoder's latent dimension; the image shape when ``data.resize`` and
-``data.color`` fix it); the rest is checked when ``tfgen run`` builds the networks, before it
-creates a run directory.
+at load time (``tfgen validate``), and builds the layers on their input shape where it is
+known without loading the data (a decoder's latent dimension, a coupling network's half of z;
+the image shape from ``data.resize`` and ``data.color`` or the data's headers,
+:func:`tfgen.data.loader.peek_image_shape`); the rest is checked when ``tfgen run`` builds the
+networks, before it creates a run directory (``unchecked`` says so for ``tfgen validate``).
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ import tf_keras as keras
 from tfgen.errors import ConfigError
 from tfgen.models.networks import Network
 from tfgen.registry import NETWORKS
-from tfgen.schema import setting
+from tfgen.schema import Component, setting
 
 #: the keys of the two blocks (besides ``type``)
 BLOCKS = {"residual": ("layers",), "repeat": ("times", "layers")}
@@ -308,9 +309,11 @@ def _shape(shape) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def head_layers(shape: tuple, target: tuple, head: str, key: str, policy) -> list:
+def head_layers(shape: tuple, target: tuple, head: str, key: str, policy,
+                initializer: str = "glorot_uniform") -> list:
     """The layers that turn the user's last output (per example ``shape``) into ``target``
-    (module docstring); a mismatch names both shapes."""
+    (module docstring), the kernel of the one that emits it initialised by ``initializer``;
+    a mismatch names both shapes."""
     needs = (f"this network must output {_shape(target)} per example"
              + (" (H, W, C * the likelihood's parameters per pixel)" if len(target) == 3 else ""))
     if head == "none":
@@ -319,14 +322,14 @@ def head_layers(shape: tuple, target: tuple, head: str, key: str, policy) -> lis
                               f"but {needs}", allowed="layers that end in that shape, or "
                               "head = 'auto' (tfgen appends the layer that emits it)")
         return []
-    dense = functools.partial(keras.layers.Dense, dtype=policy)
+    dense = functools.partial(keras.layers.Dense, dtype=policy, kernel_initializer=initializer)
     if len(shape) == 1:
         return [dense(math.prod(target))] + (
             [keras.layers.Reshape(target, dtype=policy)] if len(target) > 1 else [])
     if len(target) == 1:
         return [keras.layers.Flatten(dtype=policy), dense(target[0])]
     if len(shape) == 3 and len(target) == 3 and tuple(shape[:2]) == tuple(target[:2]):
-        return [keras.layers.Conv2D(target[-1], 1, dtype=policy)]
+        return [keras.layers.Conv2D(target[-1], 1, dtype=policy, kernel_initializer=initializer)]
     raise ConfigError(None, f"{key}.layers", f"the last layer outputs {_shape(shape)}, but "
                       f"{needs}", allowed=f"with head = 'auto', layers that end in a "
                       f"{target[0]}x{target[1]} map (a 1x1 Conv2D head is added) or flat (end "
@@ -392,7 +395,7 @@ class LayerList(Network):
         self.body = [layer for _, layer in items]
         shape = propagate(items, tuple(tf.TensorShape(input_shape).as_list()[1:]))
         self.head = head_layers(shape, self.target_shape, self.head_mode, self.key,
-                                self.dtype_policy)
+                                self.dtype_policy, self.head_initializer)
         super().build(input_shape)
 
     def call(self, x, training=False):
@@ -422,7 +425,8 @@ class LayersConfig:
 
     def check(self, cfg, key: str) -> None:
         """The layers' types, arguments and construction; and their shapes, where the config
-        fixes the input shape (and, for a decoder, the shape the likelihood needs)."""
+        and the data's headers fix the input shape (and the shape the network must emit: a
+        decoder's from the likelihood, a coupling network's from its coupling layer)."""
         specs = parse_layers(self.layers, f"{key}.layers", cfg.source_file)
         input_shape, output_shape = _shapes_from_config(cfg, key)
         if input_shape is None:
@@ -435,14 +439,32 @@ class LayersConfig:
         except ConfigError as err:
             raise err.in_file(cfg.source_file) from None
 
+    def unchecked(self, cfg, key: str) -> str | None:
+        """What ``check`` left to ``tfgen run`` (for ``tfgen validate`` to say), or None."""
+        input_shape, output_shape = _shapes_from_config(cfg, key)
+        if input_shape is None or (key == "model.decoder" and output_shape is None):
+            return (f"{key}: its layers' shapes are checked when tfgen run builds the networks "
+                    f"(the image shape is not known without loading the data)")
+        return None
+
 
 def _shapes_from_config(cfg, key: str) -> tuple[tuple | None, tuple | None]:
-    """(input shape, output shape) of the network at ``key`` as far as the config alone fixes
-    them: the image shape only when data.resize and data.color do (else it is the data's,
-    checked when the run builds its networks)."""
-    data = cfg.data
-    image = ((data.resize, data.resize, 1 if data.color == "grayscale" else 3)
-             if data.resize and data.color != "keep" else None)
+    """(input shape, output shape) per example of the network at ``key`` as far as the config
+    and the data's headers fix them (:func:`tfgen.data.loader.peek_image_shape`; else they are
+    the data's, checked when the run builds its networks).  A network inside a component
+    (``model.prior.coupling``, ``inference.coupling``) has the shapes its owner's
+    ``network_shapes(field, image_shape)`` gives."""
+    from tfgen.data.loader import peek_image_shape
+
+    image = peek_image_shape(cfg.data)
+    *path, field = key.split(".")
+    owner = cfg
+    for part in path:
+        owner = getattr(owner, part)
+        owner = owner.params if isinstance(owner, Component) else owner
+    shapes = getattr(owner, "network_shapes", None)
+    if shapes is not None:
+        return shapes(field, image)
     if key != "model.decoder":
         return image, None
     latent = (int(cfg.model.prior.params.dim),)
@@ -452,7 +474,7 @@ def _shapes_from_config(cfg, key: str) -> tuple[tuple | None, tuple | None]:
     from tfgen.models.likelihoods import build_likelihood
 
     try:
-        channels = build_likelihood(cfg.model.likelihood, image, pixel_range(data)).output_channels()
+        channels = build_likelihood(cfg.model.likelihood, image, pixel_range(cfg.data)).output_channels()
     except ConfigError:
         return latent, None  # the likelihood's own error is reported by its own check
     return latent, (*image[:2], channels)

@@ -63,7 +63,7 @@ class GenerativeModel(tf.Module):
 
 
 def build_model(cfg: Config, image_shape, pixel_range) -> GenerativeModel:
-    prior = build_prior(cfg.model.prior)
+    prior = with_file(cfg, lambda: build_prior(cfg.model.prior))  # its coupling networks
     likelihood = build_likelihood(cfg.model.likelihood, image_shape, pixel_range)
     out_shape = (*image_shape[:2], likelihood.output_channels())
     with decoder_precision(cfg.runtime.mixed_precision):

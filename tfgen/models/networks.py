@@ -37,11 +37,25 @@ def _activation(name: str):
 
 
 class Network(keras.layers.Layer):
-    """Base: stores its constructor arguments so ``get_config`` round-trips."""
+    """Base: stores its constructor arguments so ``get_config`` round-trips.
+
+    ``head_initializer`` is the kernel initializer of the head, the layer that emits the
+    ``output_shape`` tfgen asks for (a network whose head is a Dense or a Conv2D it sizes
+    passes it on: mlp, conv_encoder, layers with head = "auto")."""
+
+    head_initializer = "glorot_uniform"  # Keras' default for Dense and Conv2D kernels
 
     def __init__(self, output_shape, name=None, **kwargs):
         super().__init__(name=name or type(self).__name__.lower(), **kwargs)
         self.target_shape = tuple(int(d) for d in output_shape)
+
+    def start_at_zero(self) -> None:
+        """Start the head's kernel (and so, with its zero bias, the output) at zero: a RealNVP
+        coupling layer whose network starts at zero starts as the identity.  Before the
+        network is built."""
+        if self.built:
+            raise RuntimeError(f"{self.name} is built: its head is initialised already")
+        self.head_initializer = "zeros"
 
     def get_config(self):
         config = super().get_config()
@@ -71,7 +85,7 @@ class MLP(Network):
         units = 1
         for d in self.target_shape:
             units *= d
-        self.head = keras.layers.Dense(units)
+        self.head = keras.layers.Dense(units, kernel_initializer=self.head_initializer)
         super().build(input_shape)
 
     def call(self, inputs, training=False):
@@ -125,7 +139,8 @@ class ConvEncoder(Network):
         self.body = []
         for c, k in zip(self.channels, self.kernels):
             self.body += [keras.layers.Conv2D(c, k, padding="same", activation=act), pool(2)]
-        self.head = keras.layers.Dense(self.target_shape[-1])
+        self.head = keras.layers.Dense(self.target_shape[-1],
+                                       kernel_initializer=self.head_initializer)
         super().build(input_shape)
 
     def call(self, inputs, training=False):

@@ -5,7 +5,8 @@
   closed form;
 * ``gaussian_mixture``: sum_k pi_k N(mu_k, diag sigma_k^2), K learned components;
 * ``realnvp``: a RealNVP flow on N(0, I) (Dinh, Sohl-Dickstein & Bengio 2017; the lecture's
-  NVP slides): affine coupling layers whose masks alternate (a reversal between layers);
+  NVP slides): affine coupling layers whose masks alternate (a reversal between layers), each
+  with a network of the networks registry (``coupling``; default an MLP of ``hidden`` widths);
 * ``vamp``: the VampPrior, (1/K) sum_k q_phi(z | u_k) at K learned pseudo-inputs u_k
   (Tomczak & Welling 2018); it needs the scheme's encoder (``vae`` only).
 
@@ -17,14 +18,17 @@ of them.
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras as keras
 
+from tfgen.errors import ConfigError
+from tfgen.models.networks import MLPConfig, Network, build_network
 from tfgen.registry import PRIORS
-from tfgen.schema import setting
+from tfgen.schema import Component, setting
 
 tfd = tfp.distributions
 tfb = tfp.bijectors
@@ -101,6 +105,16 @@ class GaussianMixturePrior(Prior):
             tfd.MultivariateNormalDiag(tf.cast(self.means, dtype), tf.cast(scales, dtype)))
 
 
+#: what the coupling network of the realnvp prior and the flow scheme is, for their help texts
+COUPLING_HELP = ("each coupling layer's network, from the unchanged half of z to the shift and "
+                 "raw log scale of the other half (any network: name = 'layers' writes one as "
+                 "Keras layers); the coupling layer sizes its output, and tfgen's head starts at "
+                 "zero (every coupling starts as the identity); not given: an MLP of `hidden` "
+                 "widths")
+HIDDEN_HELP = ("widths of the hidden layers of the default coupling network (an MLP with ReLU), "
+               "used when `coupling` is not given")
+
+
 @dataclasses.dataclass
 class RealNVPConfig:
     dim: int = setting(16, at_least=2, at_most=4096, help="latent dimension d (at least 2: "
@@ -108,44 +122,85 @@ class RealNVPConfig:
     coupling_layers: int = setting(4, at_least=1, at_most=64, help="affine coupling layers; the "
                                                                    "masks alternate (z is reversed "
                                                                    "between layers)")
-    hidden: list[int] = setting(factory=lambda: [64, 64], at_least=1, help="widths of each "
-                                                                           "coupling "
-                                                                   "network's hidden layers")
+    hidden: list[int] = setting(factory=lambda: [64, 64], at_least=1, help=HIDDEN_HELP)
+    coupling: Optional[Component] = setting(None, registry="networks", help=COUPLING_HELP)
+
+    def check(self, cfg):
+        check_coupling_keys(self, cfg.source_file, "model.prior")
+
+    def network_shapes(self, field: str, image_shape) -> tuple[tuple, tuple]:
+        """(input, output) shape per example of the network at ``field`` (``coupling``), for
+        the load-time check of a ``layers`` network."""
+        return coupling_shapes(self.dim)
+
+
+def check_coupling_keys(params, file, section: str) -> None:
+    """``hidden`` sizes the default coupling network only: with ``coupling`` given, a
+    changed ``hidden`` would be silently unused."""
+    default = type(params)().hidden
+    if params.coupling is not None and list(params.hidden) != default:
+        raise ConfigError(file, f"{section}.hidden", "sets the widths of the default coupling "
+                          f"network, but {section}.coupling is given", params.hidden,
+                          f"the coupling network's own keys ({section}.coupling.*), or no "
+                          f"{section}.coupling")
+
+
+def coupling_shapes(dim: int) -> tuple[tuple[int], tuple[int]]:
+    """(input, output) per example of each coupling network on [.., dim]: the m = dim // 2
+    unchanged dimensions in, a shift and a raw log scale for each of the dim - m others out
+    (Dinh et al. 2017, eqs. (4)-(6))."""
+    masked = dim // 2
+    return (masked,), (2 * (dim - masked),)
+
+
+def default_coupling(hidden: list[int]) -> Component:
+    """The coupling network when none is given: an MLP of ``hidden`` widths with ReLU."""
+    return Component("mlp", MLPConfig(hidden=list(hidden), activation="relu"))
 
 
 class CouplingNetwork(keras.layers.Layer):
     """(shift, log scale) of an affine coupling layer from the unchanged half x_{1:m}
-    (Dinh et al. 2017, eq. (4)-(6)): an MLP; log scale = tanh(raw) keeps each layer's
-    Jacobian within e^{+-1} per dimension (a common stabilisation)."""
+    (Dinh et al. 2017, eq. (4)-(6)): the network's output split in two; log scale = tanh(raw)
+    keeps each layer's Jacobian within e^{+-1} per dimension (a common stabilisation)."""
 
-    def __init__(self, masked: int, output_units: int, hidden: list[int], **kwargs):
+    def __init__(self, network: keras.layers.Layer, **kwargs):
         super().__init__(**kwargs)
-        self.masked, self.output_units, self.hidden = masked, output_units, list(hidden)
-        self.layers_ = [keras.layers.Dense(w, activation="relu") for w in self.hidden]
-        # the last layer starts at zero: every coupling layer starts as the identity
-        self.out = keras.layers.Dense(2 * output_units, kernel_initializer="zeros")
+        self.network = network
 
     def call(self, x, output_units=None):
-        h = x
-        for layer in self.layers_:
-            h = layer(h)
-        shift, raw = tf.split(self.out(h), 2, axis=-1)
+        # a network takes one batch axis; z may have several (the ELBO's samples [S, B, d])
+        flat = tf.reshape(x, [-1, x.shape[-1]])
+        out = tf.reshape(self.network(flat), tf.concat([tf.shape(x)[:-1], [-1]], 0))
+        shift, raw = tf.split(out, 2, axis=-1)
         return shift, tf.tanh(raw)
 
-    def get_config(self):
-        return {**super().get_config(), "masked": self.masked,
-                "output_units": self.output_units, "hidden": self.hidden}
 
-
-def realnvp_bijector(dim: int, layers: int, hidden: list[int], name: str = "coupling"):
+def realnvp_bijector(dim: int, layers: int, network: Optional[Component], hidden: list[int],
+                     key: str, name: str = "coupling"):
     """(f, coupling networks): ``layers`` RealNVP affine couplings on [.., dim] (tfb.RealNVP,
-    Dinh et al. 2017, eqs. (4)-(6)), z reversed between them so the masks alternate; each
-    network's variables exist on return (built under the caller's strategy scope)."""
-    masked = dim // 2
-    networks = [CouplingNetwork(masked, dim - masked, hidden, name=f"{name}_{i}")
-                for i in range(layers)]
+    Dinh et al. 2017, eqs. (4)-(6)), z reversed between them so the masks alternate.  Each
+    coupling's network is built from ``network`` (the config's ``key``; None: the default MLP
+    of ``hidden`` widths) for the shapes of :func:`coupling_shapes`; its head starts at zero
+    where the network has a head tfgen sizes (``Network.start_at_zero``), so every coupling
+    starts as the identity.  Each network's variables exist on return (built under the
+    caller's strategy scope); an output of another shape is a ConfigError at ``key``."""
+    component = network if network is not None else default_coupling(hidden)
+    (masked,), output_shape = coupling_shapes(dim)
+    networks = []
+    for i in range(layers):
+        net = build_network(component, output_shape, key)
+        if isinstance(net, Network):
+            net.start_at_zero()
+        networks.append(CouplingNetwork(net, name=f"{name}_{i}"))
     for net in networks:
-        net(tf.zeros([1, masked]))
+        out = net.network(tf.zeros([1, masked]))
+        if tuple(out.shape[1:]) != output_shape:
+            raise ConfigError(None, key, f"a coupling network must output {output_shape[0]} "
+                              f"values per example (a shift and a raw log scale for each of "
+                              f"the {output_shape[0] // 2} transformed dimensions), but "
+                              f"{component.name!r} outputs shape {tuple(out.shape[1:])}",
+                              component.name, "a network that emits the shape it is given "
+                              "(the built-in ones and name = 'layers' do)")
     bijectors = []
     for i, net in enumerate(networks):
         if i:
@@ -163,7 +218,8 @@ class RealNVPPrior(Prior):
     def __init__(self, config: RealNVPConfig):
         super().__init__(config.dim, "realnvp")
         self.bijector, self.networks = realnvp_bijector(config.dim, config.coupling_layers,
-                                                        config.hidden)
+                                                        config.coupling, config.hidden,
+                                                        "model.prior.coupling")
 
     def distribution(self, dtype=tf.float32) -> tfd.Distribution:
         base = tfd.MultivariateNormalDiag(tf.zeros([self.dim], dtype), tf.ones([self.dim], dtype))
