@@ -54,7 +54,7 @@ LAYERS = [
      "tfgen.inference.fitting tfgen.inference.flow tfgen.inference.grids "
      "tfgen.inference.kernels tfgen.inference.latents tfgen.inference.map_latents "
      "tfgen.inference.per_datapoint tfgen.inference.pga tfgen.inference.proposals "
-     "tfgen.inference.samplers tfgen.inference.svi tfgen.inference.vae"),
+     "tfgen.inference.samplers tfgen.inference.step_sizes tfgen.inference.svi tfgen.inference.vae"),
     ("evaluation",
      "tfgen.evaluation tfgen.evaluation.ais tfgen.evaluation.classifier "
      "tfgen.evaluation.completion tfgen.evaluation.distances "

@@ -46,17 +46,27 @@ def standard_normal(shape, seed: tf.Tensor, dtype=tf.float32) -> tf.Tensor:
     return tf.random.stateless_normal(shape, seed=seed, dtype=dtype)
 
 
-def langevin_step(x: tf.Tensor, grad_log_density: tf.Tensor, step_size: float,
+def langevin_step(x: tf.Tensor, grad_log_density: tf.Tensor, step_size: float | tf.Tensor,
                   seed: tf.Tensor | None = None, noise: tf.Tensor | None = None,
                   noise_scale: float = 1.0) -> tf.Tensor:
     """One unadjusted Langevin move: x + h grad log pi(x) + c sqrt(2h) w (Kuntz et al. 2023, eq.
     (3)), w ~ N(0, I) from ``seed``, or ``noise`` itself (noise indexed by image or row chunk:
     :mod:`tfgen.distribute`).  c = ``noise_scale`` is 1 for the Langevin kernel whose
     stationary law is pi (up to ULA's O(h) bias); other values are tempered moves (0: gradient
-    ascent on log pi), as the short-run chains of :mod:`tfgen.inference.langevin_chains` allow."""
+    ascent on log pi), as the short-run chains of :mod:`tfgen.inference.langevin_chains` allow.
+
+    h may be a scalar tensor (a step-size schedule's h_k, :mod:`tfgen.inference.step_sizes`):
+    h and c sqrt(2h) are then computed in float64 and rounded to x's dtype, as Python floats
+    are, so a tensor h moves x exactly as the same h given as a float does."""
     if noise is None:
         noise = standard_normal(tf.shape(x), seed, x.dtype)
-    return x + step_size * grad_log_density + noise_scale * math.sqrt(2.0 * step_size) * noise
+    if tf.is_tensor(step_size):
+        h = tf.cast(step_size, tf.float64)
+        drift_scale = tf.cast(h, x.dtype)
+        noise_factor = tf.cast(noise_scale * tf.sqrt(2.0 * h), x.dtype)
+    else:
+        drift_scale, noise_factor = step_size, noise_scale * math.sqrt(2.0 * step_size)
+    return x + drift_scale * grad_log_density + noise_factor * noise
 
 
 def seeds_from(generator: tf.random.Generator, count: int | None = None) -> tf.Tensor:

@@ -16,6 +16,19 @@ images and Lambda_k the diagonal RMSprop preconditioner.  As in the published re
 rho = 0.1 on the mean negative log joint -1/(N M_B) sum_n sum_{m in B} log p_theta(X^{n,m}, y^m);
 ``train.optimizer`` and ``train.learning_rate`` are not used by this scheme.
 
+Step-size schedule.  Kuntz et al. (2023) keep h fixed.  ``step_size_schedule`` may instead
+decay it (:mod:`tfgen.inference.step_sizes`): with kind ``polynomial``, step k uses
+
+    h_k = max(h, h_0 (1 + k / tau)^(-gamma))
+
+in both (3) and (2) (theta's RMSprop learning rate h_k M lambda), the SGLD schedule of
+Welling & Teh (2011), eps_t = a (b + t)^(-gamma), floored at h = ``step_size``: large early
+steps move the cloud from the prior quickly, later ones approach the constant-step sampler.
+k is the step counter of theta's RMSprop (one per step, skipped loss-scaled steps included:
+the run's step), which every checkpoint holds, so a resumed run continues the schedule
+exactly.  The default, ``constant``, is h_k = h.  (Welling, M. & Teh, Y. W. (2011). Bayesian
+learning via stochastic gradient Langevin dynamics. ICML.)
+
 K, the number of steps, is ``train.epochs`` x steps per epoch, where an epoch is
 ceil(M / M_B) steps (or ``train.steps_per_epoch`` if that is smaller): Kuntz et al.'s (2023)
 K = 2765 for MNIST is 35 epochs of 79 batches (M = 10,000, M_B = 128).
@@ -67,6 +80,7 @@ from tfgen.inference.fitting import (FitConfig, FittedPosterior, check_posterior
                                      posterior_fit_field)
 from tfgen.inference.grids import SamplesConfig, sample_grid
 from tfgen.inference.latents import LatentTable
+from tfgen.inference.step_sizes import StepSizeSchedule
 from tfgen.memory import FLOAT
 from tfgen.registry import SCHEMES
 from tfgen.schema import setting
@@ -91,6 +105,11 @@ class PGAConfig:
     chunk_size: int = setting(64, at_least=1, at_most=1000000,
                               help="images whose particles are decoded together in the particle "
                                    "update (chunk_size * N decoder evaluations in memory at once)")
+    step_size_schedule: StepSizeSchedule = setting(
+        factory=StepSizeSchedule,
+        help="h_k of step k in (3) and in theta's rate h_k * M * lambda: constant (h_k = h) or "
+             "polynomial, h_k = max(h, initial * (1 + k / decay_steps)^-power) (Welling & Teh "
+             "2011, SGLD's eps_t = a (b + t)^-gamma, floored at h = step_size)")
     rmsprop_rho: float = setting(0.1, at_least=0.0, at_most=0.999, help="RMSprop smoothing "
                                                                         "constant (Kuntz et al. "
                                                                         "2023: 0.1)")
@@ -102,6 +121,8 @@ class PGAConfig:
 
     def check(self, cfg):
         check_posterior_fit(self.posterior_fit, cfg, "inference.posterior_fit")
+        self.step_size_schedule.check(self.step_size, cfg, "inference.step_size_schedule",
+                                      "inference.step_size")
 
 
 @SCHEMES.register("pga", config=PGAConfig)
@@ -163,14 +184,36 @@ class PGA(Scheme, PerDatapointLatents, FittedPosterior):
 
     # ------------------------------------------------------------------ hyper-parameters
     def learning_rate_value(self, params: PGAConfig | None = None) -> float:
+        """h M lambda: theta's RMSprop learning rate at the constant step size h."""
         params = params or self.params
         return params.step_size * self.num_images * params.theta_scale
 
+    @property
+    def scheduled(self) -> bool:
+        """Whether the step size changes with the step (``step_size_schedule``)."""
+        return self.params.step_size_schedule.kind != "constant"
+
+    def step_size_at(self, step) -> tf.Tensor:
+        """h_k (float64) at step ``step`` (an integer or an integer tensor)."""
+        return self.params.step_size_schedule.step_size(self.params.step_size, step)
+
+    def step_size_now(self) -> float | tf.Tensor:
+        """h of the step being taken: the float h, or h_k at theta's RMSprop step counter k
+        (the steps taken so far) as a tensor read inside the compiled step."""
+        if not self.scheduled:
+            return self.params.step_size
+        return self.step_size_at(self.theta_optimizer.iterations)
+
     def learning_rate(self) -> float:
-        return self.learning_rate_value()
+        """theta's RMSprop learning rate h_k M lambda of the latest step (k = steps taken - 1;
+        before the first step, k = 0's)."""
+        if not self.scheduled:
+            return self.learning_rate_value()
+        k = max(int(self.theta_optimizer.iterations.numpy()) - 1, 0)
+        return float(self.step_size_at(k) * self.num_images * self.params.theta_scale)
 
     def after_restore(self):
-        self.theta_optimizer.learning_rate.assign(self.learning_rate_value())
+        self.theta_optimizer.learning_rate.assign(self.learning_rate())
 
     def checkpoint_items(self):
         return {"latents": self.latents, "theta_optimizer": self.theta_optimizer}
@@ -228,7 +271,7 @@ class PGA(Scheme, PerDatapointLatents, FittedPosterior):
         the chunks that overlap them; chunk j's rows, noise and (dynamic binarization) images
         depend only on j and the step's seed."""
         lo, hi = self.layout.shard(replica)
-        c, h = self.chunk, self.params.step_size
+        c, h = self.chunk, self.step_size_now()
         first, last = lo // c, (hi - 1) // c
         cloud = tf.convert_to_tensor(self.particle_cloud.local(replica))  # [rows, N, d]
         images = tf.convert_to_tensor(self.train_images.local(replica))
@@ -261,9 +304,14 @@ class PGA(Scheme, PerDatapointLatents, FittedPosterior):
         drift = self.log_joint_gradient(batch_particles, images)
         noise = batch.normal(batch_particles.shape[1:], SALT_LANGEVIN, batch_particles.dtype)
         self.latents.scatter(batch.replica, indices, kernels.langevin_step(
-            batch_particles, drift, self.params.step_size, noise=noise))
+            batch_particles, drift, self.step_size_now(), noise=noise))
 
     def apply_theta_gradient(self, grads) -> None:
+        """Eq. (2): RMSprop at learning rate h_k M lambda (set here when h_k changes with k)."""
+        if self.scheduled:
+            rate = self.step_size_now() * self.num_images * self.params.theta_scale
+            self.theta_optimizer.learning_rate.assign(
+                tf.cast(rate, self.theta_optimizer.learning_rate.dtype))
         self.theta_optimizer.apply_gradients(zip(grads, self.model.theta))
 
     # ------------------------------------------------------------------ the step
