@@ -204,3 +204,18 @@ def test_the_time_axis_falls_back_to_the_total_then_the_epoch():
     curves, xlabel = history_curves(point(timed, {}))
     assert xlabel == "training wall time (s)"
     assert curves["train_loss"][0][1] == [(3.0, 2.0), (6.0, 1.0)]
+
+
+def test_fid_is_refused_once_the_runs_share_no_feature_set():
+    from tfgen.compare import check_comparable, RunRecord
+    from tfgen.errors import ConfigError
+
+    def run(name, *features):
+        evaluation = {f"fid_{f}_prior": 10.0 for f in features}
+        return RunRecord(Path(name), {}, {"evaluation": evaluation}, [], sessions=1)
+
+    check_comparable([run("a", "classifier", "inception"), run("b", "inception")])
+    with pytest.raises(ConfigError, match="^c: fid: is on the inception features but the runs "
+                                          "before it share only the classifier features"):
+        check_comparable([run("a", "classifier", "inception"), run("b", "classifier"),
+                          run("c", "inception")])

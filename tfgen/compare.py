@@ -179,13 +179,16 @@ def check_comparable(runs: list[RunRecord]) -> None:
     with_fid = [(run, set(fid_values(run))) for run in runs if fid_values(run)]
     if not with_fid:
         return
-    common = set.intersection(*(features for _, features in with_fid))
-    if not common:
-        (a, a_features), (b, b_features) = with_fid[0], next(
-            (r, f) for r, f in with_fid if not f & with_fid[0][1])
-        raise ConfigError(str(b.path), "fid", f"is on the {', '.join(sorted(b_features))} "
-                          f"features but {a.path}'s is on the {', '.join(sorted(a_features))}; "
-                          f"FID in one table must be on one feature set")
+    (a, common) = with_fid[0]
+    for run, features in with_fid[1:]:
+        if not common & features:
+            theirs = (f"{a.path}'s is on the {', '.join(sorted(common))} features"
+                      if common == with_fid[0][1] else f"the runs before it share only the "
+                                                       f"{', '.join(sorted(common))} features")
+            raise ConfigError(str(run.path), "fid", f"is on the {', '.join(sorted(features))} "
+                              f"features but {theirs}; FID in one table must be on one feature "
+                              f"set")
+        common = common & features
     if "classifier" in common:  # the classifier's folder is named by its recipe and data
         classifiers = [(run, Path(str(run.numbers().get("fid_classifier_path", ""))).name)
                        for run, _ in with_fid]
@@ -572,7 +575,9 @@ def write_figures(comparison: Comparison, folder: Path) -> list[Path]:
                                           f"{name} over training time", xlabel, name)
                 written += [path] if path else []
             cells, titles, rows = sheet_cells(comparison)
-            written.append(figures.image_sheet(cells, titles, rows, staging / "images.png"))
+            if any(cell is not None for row in cells for cell in row):
+                written.append(figures.image_sheet(cells, titles, rows,
+                                                   staging / "images.png"))
             if folder.exists():
                 folder.rmdir()  # empty (checked): replaced by the finished folder
             os.replace(staging, folder)
@@ -616,6 +621,8 @@ def run_compare(paths: list[str], metrics: list[str] = (), fmt: str | None = Non
             raise ConfigError(COMMAND, "--out", f"is inside the run directory {inside.path}; "
                               f"tfgen compare writes nothing into a run", out,
                               "a file outside the run directories")
+        if Path(out).is_dir():
+            raise ConfigError(COMMAND, "--out", "is a folder", out, "a file")
         if not Path(out).parent.is_dir():
             raise ConfigError(COMMAND, "--out", "is in a folder that does not exist", out,
                               "a file in an existing folder")
