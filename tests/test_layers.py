@@ -73,7 +73,7 @@ LAYERS = [
     ("assemble", "tfgen.assemble tfgen.plugins"),
     ("run", "tfgen.checkpoints tfgen.training tfgen.training.state tfgen.training.loop "
             "tfgen.training.callbacks tfgen.training.progress tfgen.runner tfgen.rundir tfgen.runlock"),
-    ("api", "tfgen tfgen.api tfgen.export"),  # tfgen/__init__.py: the public API, lazily
+    ("api", "tfgen tfgen.api tfgen.export tfgen.compare"),  # tfgen/__init__.py: the public API, lazily
     ("cli", "tfgen.cli tfgen.__main__"),
 ]
 

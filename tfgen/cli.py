@@ -1,4 +1,4 @@
-"""The ``tfgen`` command line: run, validate, eval, complete, export, list."""
+"""The ``tfgen`` command line: run, validate, eval, complete, export, compare, list."""
 from __future__ import annotations
 
 import contextlib
@@ -377,6 +377,50 @@ def export(
         typer.echo(f"exported {run_dir} (step {manifest['step']}, {manifest['weights']}) to "
                    f"{target}: signatures {', '.join(manifest['signatures'])}; "
                    f"{size / 2**20:.1f} MiB")
+
+
+@app.command()
+def compare(
+    paths: List[str] = typer.Argument(..., metavar="RUN_DIR_OR_STUDY",
+                                      help="Run directories, or folders of them (a study, an "
+                                           "experiment's folder, an output folder): every run "
+                                           "directory below."),
+    metric: List[str] = typer.Option([], "--metric", help="One more column: a number in "
+                                     "metrics.json by dotted path, e.g. evaluation.test_elbo "
+                                     "or train.images_per_second. Repeatable."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="markdown, csv or json: written "
+                                      "to --out, or printed instead of the terminal's table."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the table to this file "
+                                      "(atomically); the format from --format or the suffix "
+                                      ".md, .csv or .json."),
+    figures_dir: Optional[str] = typer.Option(None, "--figures", help="A new folder for a figure "
+                                              "per training metric over wall time (one line "
+                                              "per row) and images.png, the rows' samples and "
+                                              "completions side by side."),
+    debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of any failure."),
+) -> None:
+    """One table of runs: rows are runs, or the seeds of one config as mean ± std (n); columns
+    are the config keys that differ and the metrics (test NLL, bits/dim, FID on one feature
+    set, completion MSE, training and evaluation wall time, peak memory; blank where a run has
+    none). Runs evaluated on different data, test splits or FID features are refused. Reads
+    the runs, writes nothing into them."""
+    with _one_line_errors(debug):
+        from tfgen.compare import rich_table, run_compare
+
+        comparison, text, written = run_compare(paths, metric, fmt, out, figures_dir)
+        if text is not None and out is None:
+            typer.echo(text, nl=False)
+        else:
+            from rich.console import Console
+
+            console = Console()  # a pipe or a file: wide lines rather than folded cells
+            (console if console.is_terminal else Console(width=400)).print(rich_table(comparison))
+            for note in comparison.notes:
+                typer.echo(note)
+        if out is not None:
+            typer.echo(f"table written to {out}")
+        if written:
+            typer.echo(f"figures written to {figures_dir}: {', '.join(p.name for p in written)}")
 
 
 @app.command("list")

@@ -76,28 +76,40 @@ def pyplot():
 def plot_curves(history: list[dict], keys: list[tuple[str, str]], path: Path, title: str,
                 ylabel: str) -> Path | None:
     """Line plot of per-epoch values, one line per (history key, label)."""
-    plt = pyplot()
     lines = [(label, [(h["epoch"], h[key]) for h in history if key in h]) for key, label in keys]
-    lines = [(label, pts) for label, pts in lines if pts]
-    if not lines:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for label, pts in lines:
-        xs, ys = zip(*pts)
-        ax.plot(xs, ys, marker="o", markersize=3, label=label)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    return plot_lines(lines, path, title, "epoch", ylabel)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure as a PNG, and close it."""
     fig.tight_layout()
     try:
         with storage.writing(path, in_place=True):
             path.parent.mkdir(exist_ok=True)  # as in write_png
             fig.savefig(path)
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
     return path
+
+
+def plot_lines(lines: list[tuple[str, list[tuple[float, float]]]], path: Path, title: str,
+               xlabel: str, ylabel: str) -> Path | None:
+    """Line plot, one line per (label, [(x, y), ...]); lines without points are left out, and
+    without any line nothing is written (None)."""
+    lines = [(label, pts) for label, pts in lines if pts]
+    if not lines:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, pts in lines:
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, path)
 
 
 #: the embedding projector's largest sprite image (pixels per side)
@@ -187,3 +199,31 @@ def write_figure(fig, path: Path, tag: str, step: int) -> Path:
     write_png(path, pixels, scale=1)
     summary_image(tag, pixels, step)
     return path
+
+
+def image_sheet(cells: list[list[Path | None]], column_titles: list[str], row_titles: list[str],
+                path: Path, cell_inches: float = 2.6) -> Path:
+    """PNG files side by side: ``cells[row][column]`` (None: an empty cell), a title over each
+    column and one beside each row; each image keeps its own aspect ratio."""
+    plt = pyplot()
+    rows, cols = len(row_titles), len(column_titles)
+    fig, axes = plt.subplots(rows, cols, figsize=(cell_inches * cols + 1.0, cell_inches * rows),
+                             dpi=100, squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if cells[r][c] is not None:
+                image = plt.imread(str(cells[r][c]))
+                ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+            else:
+                ax.text(0.5, 0.5, "none", ha="center", va="center", color="0.5",
+                        transform=ax.transAxes)
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+            if r == 0:
+                ax.set_title(column_titles[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(row_titles[r], fontsize=8)
+    return save_figure(fig, path)

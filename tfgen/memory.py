@@ -59,6 +59,13 @@ def _address_space() -> tuple[int, int] | None:
     return None if size is None else (soft - size * 1024, soft)
 
 
+def peak_rss() -> int | None:
+    """This process's peak resident memory so far, in bytes (``VmHWM``; None where
+    /proc/self/status does not exist)."""
+    peak = _meminfo_kib("/proc/self/status", "VmHWM")
+    return None if peak is None else peak * 1024
+
+
 def _meminfo_kib(path: str, key: str) -> int | None:
     try:
         for line in Path(path).read_text().splitlines():

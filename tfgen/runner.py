@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from tfgen import plugins, resources, runlock, runtime, storage
+from tfgen import memory, plugins, resources, runlock, runtime, storage
 from tfgen.assemble import build, from_dict, load_config, load_plugins, load_resumed
 from tfgen.config import Config, apply_overrides, read_toml, to_dict
 from tfgen.data import DataBundle, load_data
@@ -134,11 +134,13 @@ def run(config_path: str | Config | None, overrides: list[str], resume: str | No
             progress.message(f"resumed from {restored.path} ({state.position()})")
     writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
     metrics = {"status": "running", "run_dir": str(run_dir)}
+    earlier_peak = None
     if resume:  # what `tfgen complete` added to a finished run stays
         try:
-            kept = read_run_metrics(run_dir / "metrics.json").get(AFTER_RUN)
+            before = read_run_metrics(run_dir / "metrics.json")
         except TfgenError:  # unreadable: the run writes a new one, as it always did
-            kept = None
+            before = {}
+        kept, earlier_peak = before.get(AFTER_RUN), before.get(PEAK_RSS)
         if kept:
             metrics[AFTER_RUN] = kept
     with InterruptFlag() as interrupt:  # stop signals by phase: training, evaluation, stopping
@@ -185,6 +187,7 @@ def run(config_path: str | Config | None, overrides: list[str], resume: str | No
             raise
         finally:
             metrics["history"] = state.history
+            metrics[PEAK_RSS] = _peak_rss(earlier_peak)
             _write_last(writer, run_dir, metrics)
     progress.message("evaluation: " + json.dumps(metrics["evaluation"], default=float))
     progress.message(f"done: {run_dir}")
@@ -380,6 +383,15 @@ def failed_task(cfg: Config, seconds: list) -> str:
 
 #: where metrics.json keeps the results of evaluations run on a finished run (tfgen complete)
 AFTER_RUN = "evaluations_after_run"
+#: metrics.json's peak resident memory of the processes that ran the run (bytes; every session)
+PEAK_RSS = "peak_rss_bytes"
+
+
+def _peak_rss(earlier) -> int | None:
+    """The peak resident memory of this process, or of an earlier session if that was higher
+    (a process that ran other work before, as a test does, counts that too)."""
+    peaks = [p for p in (memory.peak_rss(), earlier) if isinstance(p, (int, float))]
+    return int(max(peaks)) if peaks else None
 
 
 class OpenedRun(NamedTuple):
