@@ -79,6 +79,14 @@ def test_rows_are_points_with_the_differing_keys_and_seeds_as_mean_and_std(study
     assert pair["metrics"]["train time (s)"]["keys"] == ["train.train_seconds"] * 2
 
 
+def test_key_shows_only_the_chosen_config_columns(study, tmp_path):
+    assert compare_json(str(study), "--key", "model", tmp=tmp_path)["keys"] == ["model.prior.dim"]
+    table = compare_json(str(study), "--key", "inference", tmp=tmp_path)
+    assert table["keys"] == [] and len(table["rows"]) == 2  # the rows stay the points
+    bad = run_cli("compare", str(study), "--key", "model..dim")
+    assert bad.returncode == 2 and "--key: is not a dotted config key" in bad.stderr
+
+
 def test_markdown_csv_and_json_agree(study, tmp_path):
     table = compare_json(str(study), "--metric", "train.images_per_second", tmp=tmp_path)
     assert run_cli("compare", str(study), "--metric", "train.images_per_second", "--out",

@@ -388,6 +388,9 @@ def compare(
     metric: List[str] = typer.Option([], "--metric", help="One more column: a number in "
                                      "metrics.json by dotted path, e.g. evaluation.test_elbo "
                                      "or train.images_per_second. Repeatable."),
+    key: List[str] = typer.Option([], "--key", help="Show only these config columns (a key, or "
+                                  "a table such as inference: the keys below it), of those that "
+                                  "differ; default all. Repeatable."),
     fmt: Optional[str] = typer.Option(None, "--format", help="markdown, csv or json: written "
                                       "to --out, or printed instead of the terminal's table."),
     out: Optional[str] = typer.Option(None, "--out", help="Write the table to this file "
@@ -407,7 +410,7 @@ def compare(
     with _one_line_errors(debug):
         from tfgen.compare import rich_table, run_compare
 
-        comparison, text, written = run_compare(paths, metric, fmt, out, figures_dir)
+        comparison, text, written = run_compare(paths, metric, fmt, out, figures_dir, key)
         if text is not None and out is None:
             typer.echo(text, nl=False)
         else:

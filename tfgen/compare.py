@@ -367,7 +367,11 @@ class Comparison:
     notes: list[str]
 
 
-def compare(runs: list[RunRecord], extra: list[str] = ()) -> Comparison:
+def compare(runs: list[RunRecord], extra: list[str] = (), shown_keys: list[str] = ()
+            ) -> Comparison:
+    """The table of ``runs``: seeds of one config grouped into a point; the config keys that
+    differ between points (only those at or below one of ``shown_keys``, if given: a sweep
+    over whole schemes differs in every scheme's own settings), then the metric columns."""
     check_comparable(runs)
     groups: dict[str, list[RunRecord]] = {}
     for run in runs:
@@ -386,6 +390,9 @@ def compare(runs: list[RunRecord], extra: list[str] = ()) -> Comparison:
     every = list(dict.fromkeys(k for p in points for k in p.config))
     keys = [k for k in every if len({json.dumps(p.config.get(k, "\0"), default=str)
                                      for p in points}) > 1]
+    if shown_keys:
+        keys = [k for k in keys if any(k == s or k.startswith(s + ".") or k.startswith(s + "[")
+                                       for s in shown_keys)]
     columns = metric_columns(runs, list(extra))
     notes = [f"{run.label}: {str(run.metrics.get('status', 'no metrics.json'))[:200]}"
              for run in runs if run.metrics.get("status") != "completed"]
@@ -602,8 +609,8 @@ def output_format(fmt: str | None, out: str | None) -> str | None:
 
 
 def run_compare(paths: list[str], metrics: list[str] = (), fmt: str | None = None,
-                out: str | None = None, figures_dir: str | None = None
-                ) -> tuple[Comparison, str | None, list[Path]]:
+                out: str | None = None, figures_dir: str | None = None,
+                shown_keys: list[str] = ()) -> tuple[Comparison, str | None, list[Path]]:
     """Read, check and tabulate; write ``--out`` and ``--figures`` (everything is refused
     before anything is written).  Returns the comparison, the ``--format`` text (None for the
     terminal's table) and the figures written."""
@@ -612,8 +619,12 @@ def run_compare(paths: list[str], metrics: list[str] = (), fmt: str | None = Non
         if not path or any(not part for part in path.split(".")):
             raise ConfigError(COMMAND, "--metric", "is not a dotted path into metrics.json",
                               path, "e.g. evaluation.test_elbo or train.images_per_second")
+    for key in shown_keys:
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(COMMAND, "--key", "is not a dotted config key", key,
+                              "e.g. inference.scheme or train")
     runs = find_runs(list(paths))
-    comparison = compare(runs, list(metrics))
+    comparison = compare(runs, list(metrics), list(shown_keys))
     if out is not None:
         target = Path(out).resolve()
         inside = next((r for r in runs if r.path.resolve() in target.parents), None)
