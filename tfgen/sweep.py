@@ -35,6 +35,7 @@ import difflib
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import subprocess
@@ -132,9 +133,9 @@ def _check_space(raw: dict, cfg: Config, spec: SweepSpec, file: str) -> list[Con
             close = difflib.get_close_matches(dimension.key, known, n=1, cutoff=0.6)
             errors.append(ConfigError(file, where, "not a key of the experiment's config" +
                                       (f" (did you mean {close[0]!r}?)" if close else ""),
-                                      dimension.key, "a key path of the resolved config "
-                                      "(tfgen validate shows it; defaults included), e.g. "
-                                      "train.learning_rate"))
+                                      dimension.key, "a key path of the experiment's resolved "
+                                      "config (a run's config.toml lists them all, defaults "
+                                      "included), e.g. train.learning_rate"))
             continue
         if dimension.choices is not None:
             tries = [(f".choices[{i}]", c) for i, c in enumerate(dimension.choices)]
@@ -182,15 +183,28 @@ def open_storage(sweep: Sweep):
             except ImportError:
                 raise SweepError("--storage postgresql:// needs psycopg2, which is not "
                                  "installed; install it with pip install 'tfgen[sweep]'") from None
-            return optuna.storages.RDBStorage(sweep.storage_url)
+            return _creating_tables(lambda: optuna.storages.RDBStorage(sweep.storage_url))
         # SQLite: a writer waits for another (processes of one study) instead of failing
-        return optuna.storages.RDBStorage(sweep.storage_url,
-                                          engine_kwargs={"connect_args": {"timeout": 120}})
+        return _creating_tables(lambda: optuna.storages.RDBStorage(
+            sweep.storage_url, engine_kwargs={"connect_args": {"timeout": 120}}))
     except SweepError:
         raise
     except Exception as err:  # SQLAlchemy's and the journal's errors: an unreachable storage
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         raise SweepError(f"--storage {shown}: cannot open the storage ({first})") from None
+
+
+def _creating_tables(open_rdb, attempts: int = 5):
+    """``open_rdb()``, tried again a few times: sweeps started at once against a new database
+    race to create Optuna's tables, and all but one fail (PostgreSQL: a duplicate key of
+    pg_type); the tables exist once the winner is done."""
+    for attempt in range(attempts):
+        try:
+            return open_rdb()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0 + random.random() * 2)
 
 
 def open_study(sweep: Sweep, storage):

@@ -200,7 +200,7 @@ def _space(raw: Any, error) -> list[Dimension]:
             error(f"space.{key}", "expected a table", table, "{choices = [...]}, {low, high, "
                   "log = true} or {low, high, int = true}")
             continue
-        dimension = _dimension(key, table, lambda k, *a: error(f"space.{key}{k}", *a))
+        dimension = _dimension(key, table, lambda k, *a, **kw: error(f"space.{key}{k}", *a, **kw))
         if dimension is not None:
             space.append(dimension)
     for key in [d.key for d in space if d.key in RESERVED or d.key.startswith("sweep.")]:
@@ -323,8 +323,8 @@ def storage_url(given: str | None, study_dir: Path, file: str) -> tuple[str, str
         return "journal", given[len("journal:"):]
     if re.match(r"sqlite:///.", given):
         return "sqlite", given
-    if re.match(r"postgres(ql)?(\+psycopg2)?://.", given):
-        return "postgresql", re.sub(r"^postgres(ql)?(\+psycopg2)?://", "postgresql+psycopg2://", given)
+    if re.match(r"postgresql(\+psycopg2)?://.", given):  # SQLAlchemy's URL (psycopg2 driver)
+        return "postgresql", given
     raise ConfigError(file, "--storage", "not a storage a sweep can use", given,
                       STORAGE_ALLOWED)
 
