@@ -146,6 +146,14 @@ def test_validate_checks_a_sweep_file(tmp_path, idx_folder):
     assert "sweep: grid, 4 trials, maximize evaluation.test_log_likelihood" in result.stdout
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "experiments" / "sweeps").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_the_sweep_experiments_are_valid_and_name_their_study(path):
+    from tfgen.sweep import load_sweep
+
+    assert load_sweep(str(path)).name == f"sweep_{path.stem}"
+
+
 # --------------------------------------------------------------------------- running studies
 
 def test_a_grid_shared_by_two_processes_runs_every_trial_once_and_records_a_failure(

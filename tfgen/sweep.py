@@ -277,6 +277,7 @@ class Claim:
     folder: Path
     resumed: bool
     lock: contextlib.ExitStack
+    lock_fd: int
 
     def values(self, spec: SweepSpec) -> dict:
         """{key: config value} of the point."""
@@ -308,8 +309,8 @@ class Study:
                 continue
             lock = contextlib.ExitStack()
             try:
-                lock.enter_context(runlock.holding(folder, f"tfgen sweep {self.sweep.file} "
-                                                           f"(trial {trial.number})"))
+                lock_fd = lock.enter_context(runlock.holding(
+                    folder, f"tfgen sweep {self.sweep.file} (trial {trial.number})"))
             except runlock.RunInUse:
                 lock.close()
                 continue
@@ -319,7 +320,7 @@ class Study:
                 continue
             attrs = trial.user_attrs
             return Claim(trial.number, trial._trial_id, attrs.get("point", trial.number),
-                         dict(trial.params), attrs["seed"], folder, True, lock)
+                         dict(trial.params), attrs["seed"], folder, True, lock, lock_fd)
         return None
 
     def _next(self) -> Claim | None:
@@ -344,11 +345,11 @@ class Study:
         trial.set_user_attr("host", platform.node())
         folder.mkdir(parents=True, exist_ok=True)
         lock = contextlib.ExitStack()
-        lock.enter_context(runlock.holding(folder, f"tfgen sweep {self.sweep.file} "
-                                                   f"(trial {trial.number})"))
+        lock_fd = lock.enter_context(runlock.holding(
+            folder, f"tfgen sweep {self.sweep.file} (trial {trial.number})"))
         attrs = trial.user_attrs
         return Claim(trial.number, trial_id if trial_id is not None else trial._trial_id,
-                     attrs["point"], params, attrs["seed"], folder, False, lock)
+                     attrs["point"], params, attrs["seed"], folder, False, lock, lock_fd)
 
     @property
     def spec(self) -> SweepSpec:
@@ -477,20 +478,17 @@ class Runner:
     def _process(self, claim: Claim, args: list[str]) -> int | None:
         """Run ``tfgen ARGS`` for the trial; its return code, or None if the sweep stopped.
 
-        The process shares the folder's lock (its descriptor is inherited), so the lock is
-        free only once both it and this sweep have ended; it gets SIGTERM if this sweep dies."""
-        lock_fd = os.open(claim.folder / runlock.LOCK_NAME, os.O_RDONLY)
-        try:
-            with open(claim.folder / TRIAL_LOG, "ab") as log:
-                log.write(f"\n# {dt.datetime.now().isoformat(timespec='seconds')}: tfgen "
-                          f"{' '.join(args)}\n".encode())
-                log.flush()
-                process = subprocess.Popen([sys.executable, "-m", "tfgen", *args], stdout=log,
-                                           stderr=subprocess.STDOUT, pass_fds=(lock_fd,),
-                                           start_new_session=True,  # signals: from the sweep
-                                           preexec_fn=_end_with_parent)
-        finally:
-            os.close(lock_fd)
+        The process shares the folder's lock (it inherits the locked descriptor), so the lock
+        is free only once both it and this sweep have ended; it gets SIGTERM if this sweep
+        dies."""
+        with open(claim.folder / TRIAL_LOG, "ab") as log:
+            log.write(f"\n# {dt.datetime.now().isoformat(timespec='seconds')}: tfgen "
+                      f"{' '.join(args)}\n".encode())
+            log.flush()
+            process = subprocess.Popen([sys.executable, "-m", "tfgen", *args], stdout=log,
+                                       stderr=subprocess.STDOUT, pass_fds=(claim.lock_fd,),
+                                       start_new_session=True,  # signals come from the sweep
+                                       preexec_fn=_end_with_parent)
         with self.guard:
             self.processes[claim.number] = process
         try:
@@ -666,8 +664,8 @@ def run_sweep(sweep: Sweep, workers: int = 1, plugins: list[str] | tuple[str, ..
             thread.join()
         left = sorted(runner.left_running)
         raise Interrupted(f"sweep {sweep.name} stopped ({signal_name(signum)})"
-                          + (f"; trials {', '.join(map(str, left))} stopped at their checkpoints"
-                             if left else "")
+                          + (f"; trial{'s' if len(left) > 1 else ''} "
+                             f"{', '.join(map(str, left))} stopped at a checkpoint" if left else "")
                           + f"; run the same tfgen sweep command again to continue", signum) from None
     return summarize(study, sweep, say)
 
