@@ -287,7 +287,7 @@ def test_two_sweeps_share_a_postgresql_study(tmp_path, idx_folder, postgres):
                        'method = "random"\ntrials = 2')
     finish(start("sweep", str(file), "--storage", postgres, *CHEAP),
            start("sweep", str(file), "--storage", postgres, *CHEAP))
-    trials = trials_of(postgres)
+    trials = trials_of(postgres.replace("postgresql://", "postgresql+psycopg2://"))
     assert sorted((t.number, t.state.name) for t in trials) == [(0, "COMPLETE"), (1, "COMPLETE")]
     check_trial_folders(tmp_path / "out" / "st", trials)
     assert not (tmp_path / "out" / "st" / "study.db").exists()

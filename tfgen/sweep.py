@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -183,7 +184,9 @@ def open_storage(sweep: Sweep):
             except ImportError:
                 raise SweepError("--storage postgresql:// needs psycopg2, which is not "
                                  "installed; install it with pip install 'tfgen[sweep]'") from None
-            return _creating_tables(lambda: optuna.storages.RDBStorage(sweep.storage_url))
+            # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3's; the extra brings psycopg2
+            url = re.sub(r"^postgresql://", "postgresql+psycopg2://", sweep.storage_url)
+            return _creating_tables(lambda: optuna.storages.RDBStorage(url))
         # SQLite: a writer waits for another (processes of one study) instead of failing
         return _creating_tables(lambda: optuna.storages.RDBStorage(
             sweep.storage_url, engine_kwargs={"connect_args": {"timeout": 120}}))
