@@ -165,7 +165,7 @@ def run(
 
 @app.command()
 def sweep(
-    config: str = typer.Argument(..., help="The sweep's TOML file: an experiment with a [sweep] "
+    config: str = typer.Argument(..., help="The sweep's TOML file: an experiment with a sweep "
                                            "table (README \"Sweeps\")."),
     storage: Optional[str] = typer.Option(
         None, "--storage", help="Where the study lives: sqlite:///PATH (default: "
@@ -179,7 +179,7 @@ def sweep(
     plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP + " Passed to every trial."),
     debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of any failure."),
 ) -> None:
-    """Run a study on Optuna: every (point, seed) of [sweep.space] is a trial, an ordinary run
+    """Run a study on Optuna: every (point, seed) of the sweep's space is a trial, an ordinary run
     directory in <output_dir>/<name>/<name>-tNNNN/, run as its own tfgen run process.  Failing
     trials are recorded with their error and the study goes on; started again (or several
     times, against one --storage), it continues the study: a trial whose sweep was stopped or
