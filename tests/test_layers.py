@@ -19,8 +19,9 @@ never from one above (the flow ``TOML -> Config -> assembled components -> run``
 9. assemble -- the composition root: it imports every component and builds a run's pieces;
    plugins -- the user's components, loaded after the built-in ones;
 10. run -- ``checkpoints``, ``training``, ``runner``, ``rundir``, ``runlock``;
-11. api -- the public Python API (``tfgen/__init__.py`` offers it lazily, ``api``) and
-    ``export`` (a run as a SavedModel);
+11. api -- the public Python API (``tfgen/__init__.py`` offers it lazily, ``api``),
+    ``export`` (a run as a SavedModel) and ``sweep`` (studies of runs on Optuna; its
+    ``[sweep]`` table is read by ``sweep_spec``, beside config);
 12. cli.
 
 Every import counts, those inside functions too: a lazy import hides a circle, it does not
@@ -36,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent / "tfgen"
 #: (layer, its modules), from the bottom up
 LAYERS = [
     ("ground floor", "tfgen.errors tfgen.schema tfgen.registry tfgen.compose tfgen.capability"),
-    ("config", "tfgen.config"),
+    ("config", "tfgen.config tfgen.sweep_spec"),
     ("data and the machine",
      "tfgen.data tfgen.data.bundle tfgen.data.checks tfgen.data.idx tfgen.data.image_folder "
      "tfgen.data.loader tfgen.data.npz tfgen.data.splits tfgen.data.tfds tfgen.data.transforms "
@@ -73,7 +74,7 @@ LAYERS = [
     ("assemble", "tfgen.assemble tfgen.plugins"),
     ("run", "tfgen.checkpoints tfgen.training tfgen.training.state tfgen.training.loop "
             "tfgen.training.callbacks tfgen.training.progress tfgen.runner tfgen.rundir tfgen.runlock"),
-    ("api", "tfgen tfgen.api tfgen.export tfgen.compare"),  # tfgen/__init__.py: the public API, lazily
+    ("api", "tfgen tfgen.api tfgen.export tfgen.compare tfgen.sweep"),  # tfgen/__init__.py: the public API, lazily
     ("cli", "tfgen.cli tfgen.__main__"),
 ]
 

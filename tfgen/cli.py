@@ -1,4 +1,4 @@
-"""The ``tfgen`` command line: run, validate, eval, complete, export, compare, list."""
+"""The ``tfgen`` command line: run, sweep, validate, eval, complete, export, compare, list."""
 from __future__ import annotations
 
 import contextlib
@@ -164,6 +164,34 @@ def run(
 
 
 @app.command()
+def sweep(
+    config: str = typer.Argument(..., help="The sweep's TOML file: an experiment with a sweep "
+                                           "table (README \"Sweeps\")."),
+    storage: Optional[str] = typer.Option(
+        None, "--storage", help="Where the study lives: sqlite:///PATH (default: "
+        "<output_dir>/<name>/study.db), journal:PATH (a file on a shared file system) or "
+        "postgresql://USER:PASSWORD@HOST:PORT/DATABASE (many machines). Sweeps started "
+        "against one storage share the study."),
+    workers: int = typer.Option(1, "--workers", min=1, max=256,
+                                help="Trial processes to run at once on this machine."),
+    set_: List[str] = typer.Option([], "--set", help=SET_HELP + " Sweep keys too, e.g. --set "
+                                   "sweep.trials=4."),
+    plugin: List[str] = typer.Option([], "--plugin", help=PLUGIN_HELP + " Passed to every trial."),
+    debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of any failure."),
+) -> None:
+    """Run a study on Optuna: every (point, seed) of the sweep's space is a trial, an ordinary run
+    directory in <output_dir>/<name>/<name>-tNNNN/, run as its own tfgen run process.  Failing
+    trials are recorded with their error and the study goes on; started again (or several
+    times, against one --storage), it continues the study: a trial whose sweep was stopped or
+    killed resumes from its checkpoint.  Ends with the counts by state and the best trial."""
+    with _one_line_errors(debug):
+        from tfgen.sweep import load_sweep, run_sweep
+
+        _load_plugins(plugin)
+        run_sweep(load_sweep(config, set_, storage), workers, plugin, say=typer.echo)
+
+
+@app.command()
 def validate(
     files: List[str] = typer.Argument(..., help="TOML files to check."),
     set_: List[str] = typer.Option([], "--set", help=SET_HELP),
@@ -177,20 +205,26 @@ def validate(
     checks them."""
     from tfgen.assemble import load_config, unchecked_at_load
     from tfgen.errors import TfgenError
+    from tfgen.sweep import is_sweep, load_sweep
 
     with _one_line_errors(debug):
         _load_plugins(plugin)
     failed = False
     for file in files:
         try:
-            cfg = load_config(file, set_)
+            if is_sweep(file):
+                found = load_sweep(file, set_)
+                cfg, what = found.cfg, (f"; sweep: {found.spec.method}, {found.spec.trials} "
+                                        f"trials, {found.spec.direction} {found.spec.metric}")
+            else:
+                cfg, what = load_config(file, set_), ""
         except TfgenError as err:
             for line in err.lines():
                 typer.echo(f"error: {line}", err=True)
             failed = True
             continue
         typer.echo(f"ok: {file} (scheme {cfg.inference.name}, likelihood "
-                   f"{cfg.model.likelihood.name}, decoder {cfg.model.decoder.name})")
+                   f"{cfg.model.likelihood.name}, decoder {cfg.model.decoder.name}{what})")
         for note in unchecked_at_load(cfg):
             typer.echo(f"note: {file}: {note}")
     if failed:

@@ -127,10 +127,10 @@ def _compose(file: str, stack: list[tuple[str, str]], chain: list[str],
             what = "is a directory" if os.path.isdir(base) else "does not exist"
             raise ConfigError(file, key, f"{base} {what}", _given(bases, key),
                               f"a TOML file, its path relative to the folder of {file}")
-        _merge(merged, _compose(base, stack, chain, provenance))
+        merge(merged, _compose(base, stack, chain, provenance))
     for i, key in enumerate(_unset_keys(file, unset)):
         _remove(merged, key, file, f"{UNSET}[{i}]", provenance)
-    _merge(merged, own)
+    merge(merged, own)
     _record(own, "", file, provenance)
     if file not in chain:
         chain.append(file)
@@ -176,7 +176,7 @@ def _remove(merged: dict, key: str, file: str, where: str, provenance: dict[str,
     for part in parents:
         node = node.get(part) if isinstance(node, dict) else None
     if not isinstance(node, dict) or last not in node:
-        close = difflib.get_close_matches(key, _paths(merged), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(key, key_paths(merged), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(file, where, f"no such key in the files it extends{hint}", key,
                           "a key path that one of the files in extends sets")
@@ -185,23 +185,23 @@ def _remove(merged: dict, key: str, file: str, where: str, provenance: dict[str,
         del provenance[path]
 
 
-def _paths(raw: dict, prefix: str = "") -> list[str]:
+def key_paths(raw: dict, prefix: str = "") -> list[str]:
     """Every dotted key path in ``raw``, tables included."""
     out = []
     for key, value in raw.items():
         path = f"{prefix}.{key}" if prefix else key
         out.append(path)
         if isinstance(value, dict):
-            out += _paths(value, path)
+            out += key_paths(value, path)
     return out
 
 
-def _merge(into: dict, over: dict) -> None:
+def merge(into: dict, over: dict) -> None:
     """Lay ``over`` on ``into`` in place: tables merge key by key, anything else is replaced
     whole (copied, so that no two results share a table)."""
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
+            merge(into[key], value)
         else:
             into[key] = _copy(value)
 

@@ -64,10 +64,12 @@ def read_holder(path: Path) -> dict:
 
 
 @contextlib.contextmanager
-def holding(run_dir: Path, command: str | None = None) -> Iterator[None]:
+def holding(run_dir: Path, command: str | None = None) -> Iterator[int]:
     """Hold ``run_dir``'s lock for the body; a second writer is refused with :class:`RunInUse`
     naming the holder, before it changes anything.  ``command``: what this process runs, as
-    the refusal tells it (default: its command line)."""
+    the refusal tells it (default: its command line).  Yields the locked file's descriptor: a
+    child process that inherits it (``pass_fds``) shares the lock, which is then free only
+    once both have ended (tfgen sweep's trials)."""
     from tfgen.training import Progress  # warnings are printed as the run's others are
 
     path = Path(run_dir) / LOCK_NAME
@@ -95,7 +97,7 @@ def holding(run_dir: Path, command: str | None = None) -> Iterator[None]:
                               f"that process has ended)")
             _write_holder(fd, command)
         try:
-            yield
+            yield fd
         finally:
             if locked:
                 with contextlib.suppress(OSError):

@@ -383,7 +383,10 @@ class Summaries(Callback):
         raw = to_dict(self.cfg)
         raw.pop("evaluate", None)
         walk("", raw)
-        hp.hparams(flat, trial_id=self.state.run_dir.name)
+        # named with its parent folder: the trials of a sweep (tfgen.sweep) started in the same
+        # second would otherwise be one session group in the study's HParams view
+        run_dir = self.state.run_dir
+        hp.hparams(flat, trial_id=f"{run_dir.parent.name}/{run_dir.name}")
 
 
 class ProgressLine(Callback):
