@@ -87,6 +87,22 @@ def test_key_shows_only_the_chosen_config_columns(study, tmp_path):
     assert bad.returncode == 2 and "--key: is not a dotted config key" in bad.stderr
 
 
+def test_a_key_an_older_run_lacks_counts_as_its_default(study, tmp_path):
+    """A run made before a setting existed (its config.toml lacks the key) is one point with
+    a run that saved the setting's default."""
+    import shutil
+
+    old_and_new = tmp_path / "runs"
+    for run in runs_of(study)[:2]:
+        shutil.copytree(run, old_and_new / run.name)
+    older = sorted(old_and_new.iterdir())[1]
+    text = (older / "config.toml").read_text()
+    assert "steps_per_execution = 1\n" in text
+    (older / "config.toml").write_text(text.replace("steps_per_execution = 1\n", ""))
+    rows = compare_json(str(old_and_new), tmp=tmp_path)["rows"]
+    assert [sorted(row["seeds"]) for row in rows] in ([[3, 4]], [[4, 3]])
+
+
 def test_markdown_csv_and_json_agree(study, tmp_path):
     table = compare_json(str(study), "--metric", "train.images_per_second", tmp=tmp_path)
     assert run_cli("compare", str(study), "--metric", "train.images_per_second", "--out",

@@ -98,7 +98,7 @@ def flatten(table, prefix: str = "") -> dict:
 
 
 def read_run(path: Path) -> RunRecord:
-    config = flatten(read_toml(path / CONFIG_NAME))
+    config = flatten(resolved_today(read_toml(path / CONFIG_NAME), path / CONFIG_NAME))
     metrics = read_run_metrics(path / "metrics.json")
     history = _read_json(path / "history.json", None)
     if not isinstance(history, list):
@@ -106,6 +106,21 @@ def read_run(path: Path) -> RunRecord:
     info = _read_json(path / RUN_INFO, {})
     sessions = len(info.get("sessions") or []) if isinstance(info, dict) else 0
     return RunRecord(path, config, metrics, [h for h in history if isinstance(h, dict)], sessions)
+
+
+def resolved_today(raw: dict, file: Path) -> dict:
+    """A run's saved config as today's parser resolves it: a key that a run made by an older
+    tfgen lacks gets its default, so two seeds of one point made on either side of a new
+    setting's arrival still agree.  A config today's parser refuses (a plugin not loaded
+    here, a key since renamed) is compared as it was saved."""
+    from tfgen.assemble import from_dict
+    from tfgen.config import to_dict
+    from tfgen.errors import TfgenError
+
+    try:
+        return to_dict(from_dict(raw, str(file)))
+    except TfgenError:
+        return raw
 
 
 def _read_json(path: Path, default):
