@@ -182,14 +182,20 @@ learning_rate = 1e-3
     ({"task": "complete", "fit": {"optimizer": {"name": "lbfgs"}}},
      "evaluate[0].fit.optimizer.name", "'sgd'"),
     ({"task": "reconstruct_without_encoder", "fit": {"steps": 0}}, "evaluate[0].fit.steps", ">= 1"),
-    ({"task": "inpainting", "fit": {"sampler": "particle_gaussian"}}, "evaluate[0].fit.sampler",
-     "'prior'"),  # a VAE has no particle cloud
     ({"task": "complete", "split": "val"}, "evaluate[0].split", "a configured split"),
 ])
 def test_bad_values_are_refused_at_load_time_with_the_key(entry, key, allowed):
     with pytest.raises(ConfigError) as err:
         from_dict({"data": {"binarize": "static", "val_split": ""}, "evaluate": [entry]})
     assert err.value.key == key and allowed in err.value.allowed, err.value
+
+
+def test_a_fit_from_training_latents_is_refused_for_a_scheme_without_them():
+    """A GAN has neither a latent cloud nor an encoder to fit the Gaussian to."""
+    with pytest.raises(ConfigError) as err:
+        from_dict({"data": {"binarize": "static", "val_split": ""}, "inference": {"scheme": "gan"},
+                   "evaluate": [{"task": "inpainting", "fit": {"sampler": "particle_gaussian"}}]})
+    assert err.value.key == "evaluate[0].fit.sampler" and "'prior'" in err.value.allowed
 
 
 def test_the_encoder_method_needs_an_encoder_and_the_figure_omits_its_row(tmp_path):

@@ -651,11 +651,11 @@ def test_validate_lists_every_error_of_a_file(tmp_path):
 
 def test_validate_lists_every_cross_section_error(tmp_path):
     config = tmp_path / "cross.toml"
-    config.write_text('[data]\nbinarize = "none"\n[model.likelihood]\nname = "bernoulli"\n'
-                      '[inference.encoder]\nname = "conv_encoder"\nkernels = [3]\n'
-                      '[[evaluate]]\ntask = "samples"\nsampler = "particle_gaussian"\n')
+    config.write_text('[data]\nbinarize = "none"\nval_split = ""\n[model.likelihood]\n'
+                      'name = "bernoulli"\n[inference.encoder]\nname = "conv_encoder"\n'
+                      'kernels = [3]\n[[evaluate]]\ntask = "complete"\nsplit = "val"\n')
     lines = refused(run_cli("validate", str(config)), lines=3)
-    for key in ["data.binarize", "inference.encoder.kernels", "evaluate[0].sampler"]:
+    for key in ["data.binarize", "inference.encoder.kernels", "evaluate[0].split"]:
         assert any(f"{config}: {key}: " in line for line in lines), key
 
 

@@ -278,10 +278,12 @@ def test_particle_gaussian_fits_the_cloud_and_samples_from_it():
 
 
 def test_config_rejects_particle_gaussian_without_a_cloud_and_posterior_tasks_for_pga():
-    base = {"data": {"binarize": "static"}}
+    base = {"data": {"binarize": "static"}, "inference": {"scheme": "gan"}}  # no cloud, no encoder
     with pytest.raises(ConfigError) as err:
         from_dict({**base, "evaluate": [{"task": "samples", "sampler": "particle_gaussian"}]})
     assert err.value.key == "evaluate[0].sampler" and "'prior'" in err.value.allowed
+    vae = {"data": {"binarize": "static"}}  # the Gaussian is fitted to the encoder's means
+    assert from_dict({**vae, "evaluate": [{"task": "samples", "sampler": "particle_gaussian"}]})
     with pytest.raises(ConfigError) as err:
         from_dict({**base, "evaluate": [{"task": "inpainting",
                                          "fit": {"sampler": "particle_gaussian"}}]})
@@ -298,7 +300,7 @@ def test_config_rejects_particle_gaussian_without_a_cloud_and_posterior_tasks_fo
     assert err.value.key == "inference.posterior_fit.init" and "'vae'" in err.value.allowed
     defaults = [c.name for c in from_dict(pga).evaluate]  # scheme-dependent defaults
     assert "elbo" not in defaults and "inpainting" in defaults and "samples" in defaults
-    assert [c.name for c in from_dict(base).evaluate] == ["elbo", "reconstructions", "samples", "curves"]
+    assert [c.name for c in from_dict(vae).evaluate] == ["elbo", "reconstructions", "samples", "curves"]
 
 
 @pytest.mark.parametrize("key,value", [
