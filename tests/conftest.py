@@ -17,6 +17,20 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _forget_plugins_loaded_by_the_test():
+    """run_cli runs the CLI in this process, so a --plugin or TFGEN_PLUGINS plugin a test loads
+    would stay loaded, and every later run would record it (the CI failure of stop 22).  Each
+    test unloads what it loaded; installed entry points, loaded once per process, stay."""
+    from tfgen import plugins
+
+    before = {p.name for p in plugins.loaded()}
+    yield
+    for plugin in plugins.loaded():
+        if plugin.name not in before and plugin.source != "entry point":
+            plugins.unload(plugin.name)
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """IDX: magic 0 0 0x08 ndim, big-endian uint32 dims, raw uint8 data (gzip if *.gz)."""
     header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)

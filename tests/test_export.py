@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -180,15 +179,11 @@ class JointBernoulli(Likelihood, Discrete):
 
 
 @pytest.fixture(scope="module")
-def joint_plugin(tmp_path_factory) -> Iterator[Path]:
-    """The plugin file, one per module (a process loads a plugin's names once); unloaded
-    afterwards, since run_cli shares this process with later tests, whose runs would record it."""
-    from tfgen import plugins
-
+def joint_plugin(tmp_path_factory) -> Path:
+    """The plugin file (conftest unloads it after each test that loads it)."""
     plugin = tmp_path_factory.mktemp("plugin") / "joint_likelihood.py"
     plugin.write_text(JOINT_LIKELIHOOD)
-    yield plugin
-    plugins.unload(str(plugin.resolve()))
+    return plugin
 
 
 @pytest.mark.parametrize("likelihood", ["pixelcnn", "joint_bernoulli"])
