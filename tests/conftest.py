@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def _forget_plugins_loaded_by_the_test():
     """run_cli runs the CLI in this process, so a --plugin or TFGEN_PLUGINS plugin a test loads
-    would stay loaded, and every later run would record it (the CI failure of stop 22).  Each
-    test unloads what it loaded; installed entry points, loaded once per process, stay."""
+    would stay loaded, and every later run in the process would record it in its run.json.
+    Each test unloads what it loaded; installed entry points, loaded once per process, stay."""
     from tfgen import plugins
 
     before = {p.name for p in plugins.loaded()}

@@ -190,14 +190,6 @@ def test_bad_values_are_refused_at_load_time_with_the_key(entry, key, allowed):
     assert err.value.key == key and allowed in err.value.allowed, err.value
 
 
-def test_a_fit_from_training_latents_is_refused_for_a_scheme_without_them():
-    """A GAN has neither a latent cloud nor an encoder to fit the Gaussian to."""
-    with pytest.raises(ConfigError) as err:
-        from_dict({"data": {"binarize": "static", "val_split": ""}, "inference": {"scheme": "gan"},
-                   "evaluate": [{"task": "inpainting", "fit": {"sampler": "particle_gaussian"}}]})
-    assert err.value.key == "evaluate[0].fit.sampler" and "'prior'" in err.value.allowed
-
-
 def test_the_encoder_method_needs_an_encoder_and_the_figure_omits_its_row(tmp_path):
     pga = {"data": {"val_split": ""}, "model": {"likelihood": {"name": "normal"}},
            "inference": {"scheme": "pga"}}
